@@ -1,0 +1,50 @@
+"""The ``multisk`` command line. Each sub-command lives in its own module under ``multisk.commands``
+and exposes ``register(subparsers)``; this file only assembles them, so commands stay independent."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+# module name under multisk.commands, in the order shown by --help
+COMMAND_MODULES = ("model", "data", "train", "evaluate", "embed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="multisk",
+        description="Structure-preserving multi-modal representation learning (Multi-SK).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"multisk.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"multisk.commands.{name}":
+                continue  # command not installed in this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # user-facing errors become one clear line; bugs keep their traceback
+        from multisk.errors import UserFacingError
+
+        if isinstance(err, UserFacingError):
+            print(f"multisk {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

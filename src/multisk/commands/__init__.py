@@ -1,0 +1,1 @@
+"""Sub-commands of the ``multisk`` CLI (applications; the library never imports these)."""

@@ -1,0 +1,230 @@
+"""Typed configuration: dataclasses validated by OmegaConf.
+
+A configuration file is YAML whose keys mirror :class:`Config`. ``key=value`` overrides use dotted
+paths (``model.num_anchors=32``). Unknown keys and values of the wrong type are errors that name the
+offending key — never a silent default.
+
+    cfg = load_config("configs/demo.yaml", ["train.steps=100", "loss.sspc.enabled=false"])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+MODALITIES = ("text", "video", "audio")
+
+
+@dataclass
+class ModelConfig:
+    """The Everything-at-Once family (SPEC §1) with anchor heads (SPEC §2)."""
+
+    # "per_modality": one fusion transformer per modality (the paper's released model);
+    # "everything_at_once": one shared transformer that also encodes the pairs tv, ta, va.
+    variant: str = "per_modality"
+    modalities: List[str] = field(default_factory=lambda: list(MODALITIES))
+    text_dim: int = 300  # word-vector size
+    video_dim: int = 4096  # 2D (2048) + 3D (2048) features per time step
+    audio_mels: int = 40
+    audio_encoder: str = "davenet_v2"  # "davenet_v2" | "davenet_v1"
+    embed_dim: int = 4096  # token width inside the fusion transformer (D)
+    depth: int = 1
+    num_heads: int = 64
+    mlp_ratio: float = 1.0
+    qkv_bias: bool = True
+    use_cls_token: bool = False
+    use_positional_embedding: bool = False
+    max_positions: int = 256  # per modality, only used with positional embeddings
+    projection_dim: int = 6144  # joint embedding size (E)
+    num_anchors: int = 64  # K, for each of the six anchor sets
+    dropout: float = 0.0
+    compile: bool = False  # wrap the forward in torch.compile
+
+
+@dataclass
+class ContrastiveConfig:
+    """Combinatorial contrastive loss over modality pairs (SPEC §3)."""
+
+    kind: str = "norm_softmax"  # "norm_softmax" | "mms"
+    temperature: float = 0.05
+    margin: float = 0.001  # MMS only
+    # pair name "a-b" (joint embedding names, fused ones like "video_audio" allowed) -> weight
+    pair_weights: Dict[str, float] = field(
+        default_factory=lambda: {"text-video": 1.0, "text-audio": 0.1, "video-audio": 0.1}
+    )
+
+
+@dataclass
+class SSPCConfig:
+    """Semantic-structure-preserving consistency loss (SPEC §3-§4)."""
+
+    enabled: bool = True
+    weight: float = 1.0  # beta
+    solver: str = "multi"  # "multi" (Multi-SK) | "classic" (SwAV Sinkhorn, one assignment)
+    assign_fraction: float = 0.5  # r / K
+    epsilon: float = 0.07
+    n_iters: int = 20
+    low_scale: float = 0.25
+    queue_size: int = 5500
+    cost: str = "reference"  # "reference" (BCE on exp(s/tau)) | "soft_ce"
+    temperature: float = 0.1
+    # "queue_full": zero until the queue has filled once (the reference); "none": on from step one
+    warmup: str = "queue_full"
+    # term weight = min(weight[m], weight[n]) for anchor modality m and joint modality n
+    modality_weights: Dict[str, float] = field(
+        default_factory=lambda: {"text": 1.0, "video": 1.0, "audio": 0.1}
+    )
+
+
+@dataclass
+class LossConfig:
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    sspc: SSPCConfig = field(default_factory=SSPCConfig)
+
+
+@dataclass
+class DataConfig:
+    """Where the training and evaluation data come from."""
+
+    # "store": a multisk feature store (see docs/feature-format.md); "howto100m": the field's layout
+    train_format: str = "store"
+    root: str = "data/clipart"  # feature-store root
+    train_split: str = "train"
+    eval_splits: List[str] = field(default_factory=lambda: ["test_in_domain", "test_out_of_domain"])
+    # model modality -> feature-store modality name
+    modality_map: Dict[str, str] = field(
+        default_factory=lambda: {"text": "text", "video": "video", "audio": "audio"}
+    )
+    max_text_tokens: int = 20
+    max_video_tokens: int = 12
+    max_audio_frames: int = 768
+    num_workers: int = 0
+    # HowTo100M layout (SPEC §6); only read when train_format == "howto100m"
+    howto_csv: str = ""
+    howto_features_path: str = ""
+    howto_audio_path: str = ""
+    howto_caption_path: str = ""
+    word_vectors: str = ""
+    clips_per_video: int = 10
+    clip_seconds: float = 8.0
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"
+    seed: int = 0
+    batch_size: int = 64
+    epochs: int = 1
+    steps: int = 0  # > 0 caps the number of optimizer steps
+    optimizer: str = "adam"  # "adam" | "adamw"
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    lr_gamma: float = 0.9  # ExponentialLR per epoch
+    grad_clip: float = 0.0  # 0 disables
+    precision: str = "fp32"  # "fp32" | "bf16" | "fp16"
+    ema_decay: float = 0.0  # 0 disables the EMA copy
+    log_every: int = 10
+    eval_every: int = 0  # steps; 0 evaluates at the end only
+    checkpoint_every: int = 0  # steps; 0 saves at epoch ends only
+    on_nonfinite: str = "stop"  # "stop" | "skip"
+    device: str = "auto"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+def _check(cfg: Config) -> None:
+    m = cfg.model
+    if m.variant not in ("per_modality", "everything_at_once"):
+        raise ConfigError(f"model.variant: expected 'per_modality' or 'everything_at_once', got {m.variant!r}")
+    for name in m.modalities:
+        if name not in MODALITIES:
+            raise ConfigError(f"model.modalities: unknown modality {name!r} (known: {', '.join(MODALITIES)})")
+    if m.audio_encoder not in ("davenet_v1", "davenet_v2"):
+        raise ConfigError(f"model.audio_encoder: expected 'davenet_v1' or 'davenet_v2', got {m.audio_encoder!r}")
+    if m.embed_dim % m.num_heads:
+        raise ConfigError(f"model.num_heads: {m.num_heads} does not divide model.embed_dim {m.embed_dim}")
+    s = cfg.loss.sspc
+    if s.solver not in ("multi", "classic"):
+        raise ConfigError(f"loss.sspc.solver: expected 'multi' or 'classic', got {s.solver!r}")
+    if s.cost not in ("reference", "soft_ce"):
+        raise ConfigError(f"loss.sspc.cost: expected 'reference' or 'soft_ce', got {s.cost!r}")
+    if s.warmup not in ("queue_full", "none"):
+        raise ConfigError(f"loss.sspc.warmup: expected 'queue_full' or 'none', got {s.warmup!r}")
+    if not 0 < s.assign_fraction <= 1:
+        raise ConfigError(f"loss.sspc.assign_fraction: must be in (0, 1], got {s.assign_fraction}")
+    c = cfg.loss.contrastive
+    if c.kind not in ("norm_softmax", "mms"):
+        raise ConfigError(f"loss.contrastive.kind: expected 'norm_softmax' or 'mms', got {c.kind!r}")
+    t = cfg.train
+    if t.precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"train.precision: expected fp32, bf16 or fp16, got {t.precision!r}")
+    if t.optimizer not in ("adam", "adamw"):
+        raise ConfigError(f"train.optimizer: expected 'adam' or 'adamw', got {t.optimizer!r}")
+    if t.on_nonfinite not in ("stop", "skip"):
+        raise ConfigError(f"train.on_nonfinite: expected 'stop' or 'skip', got {t.on_nonfinite!r}")
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config (optional), apply ``key=value`` overrides and validate.
+
+    Raises :class:`ConfigError` naming the file and key on unknown keys, wrong types or bad values.
+    """
+    schema = OmegaConf.structured(Config)
+    try:
+        merged = schema
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise ConfigError(f"{path}: config file not found")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r}: expected key=value")
+        if overrides:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        where = f"{path}: " if path is not None else ""
+        key = getattr(err, "full_key", None)
+        raise ConfigError(f"{where}invalid configuration at {key!r}: {err.msg if hasattr(err, 'msg') else err}") from None
+    _check(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> Dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_from_dict(data: Dict[str, Any]) -> Config:
+    """Rebuild a validated Config from :func:`config_to_dict` output (e.g. stored in a checkpoint)."""
+    try:
+        cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))  # type: ignore
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"invalid stored configuration at {getattr(err, 'full_key', None)!r}: {err}") from None
+    _check(cfg)
+    return cfg
+
+
+__all__ = [
+    "MODALITIES", "MISSING", "Config", "ConfigError", "ContrastiveConfig", "DataConfig", "LossConfig",
+    "ModelConfig", "SSPCConfig", "TrainConfig", "config_from_dict", "config_to_dict", "config_to_yaml",
+    "load_config",
+]

@@ -1,0 +1,1 @@
+"""multisk.models"""
