@@ -1,0 +1,150 @@
+"""``multisk data``: prepare the embedded benchmark or your own media, convert the field's formats,
+and inspect a feature store.
+
+    multisk data prepare clipart [--root data/clipart] [--limit N] [--skip-bad] [--no-install]
+    multisk data prepare folder PATH --out DIR [--captions CSV] [--split NAME] [--skip-bad]
+    multisk data convert {msrvtt,youcook2,howto100m} INPUT --out DIR --word-vectors SPEC [--split NAME] [--skip-bad] ...
+    multisk data info ROOT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Dict
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("data", help="prepare, convert and inspect datasets (feature stores)",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+
+    prepare = actions.add_parser("prepare", help="build a feature store from media")
+    sources = prepare.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    clipart = sources.add_parser("clipart", help="the embedded default benchmark (OpenClipArt, Tux Paint, Asterisk)")
+    clipart.add_argument("--root", default="data/clipart", help="output feature-store root (default: data/clipart)")
+    clipart.add_argument("--limit", type=int, default=None, help="at most N items per source (quick runs)")
+    clipart.add_argument("--skip-bad", action="store_true", help="skip unreadable media and report them")
+    clipart.add_argument("--no-install", action="store_true", help="do not apt-get the media packages")
+    clipart.set_defaults(func=_prepare_clipart)
+
+    folder = sources.add_parser("folder", help="your own pictures / videos / sounds")
+    folder.add_argument("path", help="folder of media files")
+    folder.add_argument("--out", required=True, help="output feature-store root")
+    folder.add_argument("--captions", default=None, help="CSV of captions (see docs/data.md)")
+    folder.add_argument("--split", default="test", help="split name (default: test)")
+    folder.add_argument("--skip-bad", action="store_true", help="skip unreadable files and report them")
+    folder.set_defaults(func=_prepare_folder)
+
+    convert = actions.add_parser("convert", help="convert MSR-VTT / YouCook2 pickles or HowTo100M features")
+    convert.add_argument("kind", choices=["msrvtt", "youcook2", "howto100m"])
+    convert.add_argument("input", help="the pickle (msrvtt, youcook2) or the CSV (howto100m)")
+    convert.add_argument("--out", required=True, help="output feature-store root")
+    convert.add_argument("--word-vectors", required=True,
+                         help="word2vec .bin / text file, GloVe text file, or 'glove-6b-50d'")
+    convert.add_argument("--split", default=None, help="split name (default: test; train for howto100m)")
+    convert.add_argument("--skip-bad", action="store_true", help="skip bad items, list them in OUT/SPLIT.skipped.json")
+    convert.add_argument("--max-words", type=int, default=20, help="text tokens per caption (default: 20)")
+    case = convert.add_mutually_exclusive_group()
+    case.add_argument("--lowercase", dest="lowercase", action="store_true", default=None,
+                      help="lower-case words before the vocabulary look-up (default: only for glove-6b-50d)")
+    case.add_argument("--no-lowercase", dest="lowercase", action="store_false")
+    convert.add_argument("--max-video-tokens", type=int, default=None,
+                         help="video window in time steps (default: 48 msrvtt, 72 youcook2, 12 howto100m)")
+    convert.add_argument("--max-audio-frames", type=int, default=None,
+                         help="audio window in frames (default: 3072 msrvtt, 4608 youcook2, 768 howto100m)")
+    convert.add_argument("--complete-size", type=int, default=None,
+                         help="benchmark size used as the retrieval divisor (default: 1000 msrvtt test, 3350 youcook2)")
+    convert.add_argument("--first-caption-only", action="store_true",
+                         help="msrvtt train pickles: keep only each video's first caption")
+    howto = convert.add_argument_group("howto100m")
+    howto.add_argument("--features-path", help="root of {path}/{id}_2d.npz and {id}_3d.npz")
+    howto.add_argument("--features-path-3d", help="root of the 3D features if elsewhere")
+    howto.add_argument("--audio-path", help="root of {path}/{id}_spec.npz")
+    howto.add_argument("--caption-path", help="caption.pickle")
+    howto.add_argument("--max-videos", type=int, default=None, help="convert the first N videos of the CSV")
+    howto.add_argument("--max-clips", type=int, default=None, help="stop after N clips")
+    howto.add_argument("--clips-per-video", type=int, default=1)
+    howto.add_argument("--clip-seconds", type=float, default=8.0)
+    howto.add_argument("--seed", type=int, default=0)
+    howto.add_argument("--audio-offset-quirk", action="store_true",
+                       help="start audio clip_seconds/2 into the span, as the reference does")
+    convert.set_defaults(func=_convert)
+
+    info = actions.add_parser("info", help="print a feature store's manifest summary")
+    info.add_argument("root", help="feature-store root")
+    info.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    info.set_defaults(func=_info)
+
+
+def _print_summary(manifest_or_info: Dict[str, Any]) -> None:
+    print(json.dumps(manifest_or_info, indent=2, sort_keys=True, ensure_ascii=False, default=str))
+
+
+def _prepare_clipart(args: argparse.Namespace) -> int:
+    from multisk.data.clipart import prepare_clipart
+
+    summary = prepare_clipart(args.root, limit=args.limit, skip_bad=args.skip_bad, install=not args.no_install)
+    _print_summary(summary)
+    return 0
+
+
+def _prepare_folder(args: argparse.Namespace) -> int:
+    from multisk.data.folder import prepare_folder
+
+    summary = prepare_folder(args.path, args.out, captions=args.captions, split=args.split, skip_bad=args.skip_bad)
+    _print_summary(summary)
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from multisk.data.convert import DEFAULT_SPLITS, convert_dataset, skipped_report_path
+
+    opts: Dict[str, Any] = {}
+    if args.max_video_tokens is not None:
+        opts["max_video_tokens"] = args.max_video_tokens
+    if args.max_audio_frames is not None:
+        opts["max_audio_frames"] = args.max_audio_frames
+    if args.kind == "howto100m":
+        opts.update(features_path=args.features_path, audio_path=args.audio_path, caption_path=args.caption_path,
+                    max_videos=args.max_videos, max_clips=args.max_clips, clips_per_video=args.clips_per_video,
+                    clip_seconds=args.clip_seconds, seed=args.seed, audio_offset_quirk=args.audio_offset_quirk)
+        if args.features_path_3d:
+            opts["features_path_3d"] = args.features_path_3d
+    else:
+        if args.complete_size is not None:
+            opts["complete_size"] = args.complete_size
+        if args.kind == "msrvtt" and args.first_caption_only:
+            opts["all_captions"] = False
+    info = convert_dataset(args.kind, args.input, args.out, word_vectors=args.word_vectors, split=args.split,
+                           skip_bad=args.skip_bad, max_words=args.max_words, lowercase=args.lowercase, **opts)
+    split = args.split or DEFAULT_SPLITS[args.kind]
+    print(f"wrote split {split!r} to {args.out}: {info['count']} items "
+          f"(complete size {info.get('complete_size')}, skipped bad {info.get('skipped_bad', 0)}, "
+          f"skipped by rule {info.get('skipped_by_rule', 0)})")
+    if args.skip_bad:
+        print(f"skip report: {skipped_report_path(args.out, split)}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from multisk.data.feature_store import read_manifest
+
+    manifest = read_manifest(args.root)
+    if args.json:
+        _print_summary(manifest)
+        return 0
+    print(f"{args.root}: {manifest['format']} v{manifest['version']}, {len(manifest['splits'])} split(s)")
+    for name, split in sorted(manifest["splits"].items()):
+        print(f"  {name}: {split['count']} items" + (
+            f" (complete size {split['complete_size']})" if "complete_size" in split else ""))
+        for modality, meta in sorted(split.get("modalities", {}).items()):
+            print(f"    {modality:<8} dim {meta['dim']:<5} {meta['dtype']:<8} {meta['tokens']} tokens, "
+                  f"present in {meta.get('items_present', '?')} items")
+        extra = {k: v for k, v in split.items() if k not in ("count", "modalities", "files", "complete_size")}
+        for key, value in sorted(extra.items()):
+            print(f"    {key}: {json.dumps(value, default=str, ensure_ascii=False)}")
+    return 0
+
+
+__all__ = ["register"]

@@ -1,0 +1,535 @@
+"""HowTo100M in the layout the field uses (SPEC §6), and training-clip sampling (SPEC §5).
+
+Files::
+
+    CSV                                   a column ``path``: relative video paths ("None/" prefixes dropped);
+                                          the video id is the last path component
+    {features_path}/{path}/{id}_2d.npz    key ``features``: (T2, 2048) 2D-CNN features at 1 feature / s
+    {features_path}/{path}/{id}_3d.npz    key ``features``: (T3, 2048) 3D-CNN features at 1.5 features / s
+    {features_path_audio}/{path}/{id}_spec.npz   key ``arr_0``: (40, F) log-mel spectrogram, 100 frames / s
+    caption.pickle                        dict id -> {'start': (S,), 'end': (S,), 'text': (S,) strings}
+
+``caption.pickle`` is a Python pickle: **loading a pickle executes code stored in it** — only load
+files from a source you trust.
+
+A *missing* feature file means that half / modality is absent for the video (documented, not an
+error): a missing 2D or 3D file leaves that half of every video token zero; missing audio gives an
+empty audio modality; a video without captions gives clips without text. A file that exists but is
+truncated, has the wrong key, shape or feature size, or contains NaN/inf raises
+:class:`DataFormatError` naming the file and the field. ``strict_files=True`` turns missing files into
+errors too.
+
+Clip sampling (the reference's rule, SPEC §5): draw ``start ~ U[0, max(0, duration - clip_seconds)]``
+with ``duration = int(seconds covered by the spectrogram)``, ``end = start + clip_seconds``. If ``start``
+lies inside an ASR segment (else: if ``end`` lies inside one), that segment is grown with neighbours —
+each step adds the neighbour that keeps the span shorter (the previous one on ties; only the existing
+side at a video border) — until it spans at least ``clip_seconds``; the clip is then the grown span and
+its text the words of its segments. Words are kept in time order (the reference appends a previous
+segment's words after the current ones; with the 20-word limit time order keeps the first words of the
+span). Otherwise the clip has no text. Video tokens come from the clip span, audio from the same span
+(``audio_offset_quirk=True`` reproduces the reference, whose audio window always starts
+``clip_seconds / 2`` = 4 s after the span start and lasts ``clip_seconds``; default off).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from multisk.errors import DataFormatError
+
+FEATURE_DIM_2D = 2048
+FEATURE_DIM_3D = 2048
+N_MELS = 40
+FPS_2D = 1.0
+FPS_3D = 1.5
+SAMPLE_RATE = 16000
+HOP_LENGTH = 160  # 10 ms -> 100 frames / s
+N_FFT = 400  # 25 ms window
+
+
+# ---------------------------------------------------------------------------------------------------
+# array checks and the 2D + 3D video token layout (shared with the evaluation pickles)
+
+
+def check_array(value: Any, where: str, field: str, ndim: int = 2, shape: Sequence[Optional[int]] = ()) -> np.ndarray:
+    """Return ``value`` as a float32 array after checking rank, fixed sizes and finiteness.
+
+    ``shape`` gives the expected size per axis (None = any), e.g. ``(None, 2048)``. Errors name
+    ``where`` (the file / item) and ``field``.
+    """
+    try:
+        array = np.asarray(value)
+    except Exception as err:  # ragged lists and the like
+        raise DataFormatError(f"{where} field {field!r}: not an array ({err})") from None
+    if array.dtype.kind not in "fiub":
+        raise DataFormatError(f"{where} field {field!r}: expected a numeric array, got dtype {array.dtype}")
+    expected = tuple(shape) if shape else (None,) * ndim
+    if array.ndim != len(expected) or any(e is not None and e != s for e, s in zip(expected, array.shape)):
+        pretty = "(" + ", ".join("T" if e is None else str(e) for e in expected) + ")"
+        raise DataFormatError(f"{where} field {field!r}: expected shape {pretty}, got {array.shape}")
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        raise DataFormatError(f"{where} field {field!r}: contains NaN or inf")
+    return array
+
+
+def load_npz_array(path: Path, key: str, shape: Sequence[Optional[int]]) -> np.ndarray:
+    """Read array ``key`` from an ``.npz`` file, checked with :func:`check_array` (no pickles allowed)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if key not in archive.files:
+                have = ", ".join(archive.files) or "none"
+                raise DataFormatError(f"{path}: missing field {key!r} (keys present: {have})")
+            value = archive[key]
+    except DataFormatError:
+        raise
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: field {key!r}: file not found") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        raise DataFormatError(f"{path}: field {key!r}: truncated or corrupt npz ({type(err).__name__}: {err})") from None
+    return check_array(value, str(path), key, shape=shape)
+
+
+def l2_normalize_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """``x_i / max(||x_i||_2, eps)`` per row (as ``torch.nn.functional.normalize``)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, eps)).astype(np.float32, copy=False)
+
+
+def nearest_resample(x: np.ndarray, length: int) -> np.ndarray:
+    """Resample ``(T, d)`` to ``(length, d)`` by nearest neighbour: row j = ``x[floor(j * T / length)]``.
+
+    This is ``torch.nn.functional.interpolate(mode="nearest")`` along time, which the reference uses to
+    bring 1 fps 2D features to the 1.5 fps 3D rate.
+    """
+    if length == x.shape[0]:
+        return x
+    rows = np.floor(np.arange(length) * (x.shape[0] / length)).astype(np.int64)
+    return x[np.minimum(rows, x.shape[0] - 1)]
+
+
+def combine_video_features(
+    features_2d: Optional[np.ndarray], features_3d: Optional[np.ndarray], dim_2d: int = FEATURE_DIM_2D, dim_3d: int = FEATURE_DIM_3D
+) -> np.ndarray:
+    """Video tokens ``[n(f2d_t) ; n(f3d_t)]`` of shape ``(T, dim_2d + dim_3d)`` (SPEC §1).
+
+    The time base is the 3D features (T = T3); the 2D features are nearest-resampled to T3 steps. An
+    absent (None) or empty half is zeros and the other half sets T; both absent gives ``(0, dim)``.
+    """
+    has_2d = features_2d is not None and features_2d.shape[0] > 0
+    has_3d = features_3d is not None and features_3d.shape[0] > 0
+    if not has_2d and not has_3d:
+        return np.zeros((0, dim_2d + dim_3d), dtype=np.float32)
+    length = features_3d.shape[0] if has_3d else features_2d.shape[0]  # type: ignore[union-attr]
+    video = np.zeros((length, dim_2d + dim_3d), dtype=np.float32)
+    if has_2d:
+        video[:, :dim_2d] = l2_normalize_rows(nearest_resample(features_2d, length))  # type: ignore[arg-type]
+    if has_3d:
+        video[:, dim_2d:] = l2_normalize_rows(features_3d)  # type: ignore[arg-type]
+    return video
+
+
+# ---------------------------------------------------------------------------------------------------
+# time <-> spectrogram frames, as the reference converts them (librosa with n_fft = 400, hop 160)
+
+
+def frames_to_seconds(n_frames: int) -> float:
+    """Time of frame ``n``: ``(n * hop + n_fft // 2) / sr``; duration of a spectrogram is ``int()`` of it."""
+    return (n_frames * HOP_LENGTH + N_FFT // 2) / SAMPLE_RATE
+
+
+def seconds_to_frame(seconds: float) -> int:
+    """Frame holding time ``t``: ``floor((t * sr - n_fft // 2) / hop)``, at least 0."""
+    return max(0, int(math.floor((seconds * SAMPLE_RATE - N_FFT // 2) / HOP_LENGTH)))
+
+
+def feature_slice(features: Optional[np.ndarray], fps: float, start: float, end: float) -> Optional[np.ndarray]:
+    """Rows ``[int(start * fps), int(end * fps) + 1)`` of a feature sequence (the reference's borders)."""
+    if features is None:
+        return None
+    return features[int(start * fps) : int(end * fps) + 1]
+
+
+# ---------------------------------------------------------------------------------------------------
+# captions and clip sampling
+
+
+def read_pickle(path: Path, field: str = "pickle") -> Any:
+    """Unpickle ``path``. **Pickles execute code on load: only read files you trust.**
+
+    Python-2 pickles (str as bytes) are retried with ``encoding="latin1"``. Any failure raises
+    :class:`DataFormatError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: field {field!r}: file not found")
+    for encoding in ("ASCII", "latin1"):
+        try:
+            with open(path, "rb") as fh:
+                return pickle.load(fh, encoding=encoding)
+        except UnicodeDecodeError:
+            continue
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError, MemoryError) as err:
+            raise DataFormatError(
+                f"{path}: field {field!r}: truncated or corrupt pickle ({type(err).__name__}: {err})"
+            ) from None
+    raise DataFormatError(f"{path}: field {field!r}: pickle has undecodable strings")
+
+
+def load_howto_captions(path: str | Path) -> Dict[str, Any]:
+    """``caption.pickle``: dict video id -> {'start', 'end', 'text'} (checked per video when used).
+
+    **A pickle: executes code on load — only read trusted files.**
+    """
+    data = read_pickle(Path(path), field="caption")
+    if not isinstance(data, Mapping):
+        raise DataFormatError(f"{path}: field 'caption': expected a dict video id -> segments, got {type(data).__name__}")
+    return dict(data)
+
+
+@dataclass
+class CaptionSegments:
+    """ASR segments of one video: ``start``/``end`` (S,) seconds, ``text`` S strings, sorted by start."""
+
+    start: np.ndarray
+    end: np.ndarray
+    text: List[str]
+
+
+def _segment_text(value: Any, where: str) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataFormatError(f"{where} field 'text': not valid UTF-8 ({err})") from None
+    if isinstance(value, str):
+        return value
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""  # empty ASR segments are stored as NaN in some caption files
+    raise DataFormatError(f"{where} field 'text': expected strings, got {type(value).__name__}")
+
+
+def check_segments(entry: Any, where: str) -> CaptionSegments:
+    """Validate one ``caption.pickle`` entry (keys, equal lengths, finite times, ``start <= end``)."""
+    if not isinstance(entry, Mapping):
+        raise DataFormatError(f"{where}: expected a dict with 'start', 'end', 'text', got {type(entry).__name__}")
+    for key in ("start", "end", "text"):
+        if key not in entry:
+            raise DataFormatError(f"{where}: missing field {key!r}")
+    start = check_array(entry["start"], where, "start", shape=(None,)).astype(np.float64)
+    end = check_array(entry["end"], where, "end", shape=(None,)).astype(np.float64)
+    texts = list(np.asarray(entry["text"], dtype=object).reshape(-1))
+    if not (len(start) == len(end) == len(texts)):
+        raise DataFormatError(
+            f"{where} field 'text': lengths differ (start {len(start)}, end {len(end)}, text {len(texts)})"
+        )
+    if np.any(end < start):
+        raise DataFormatError(f"{where} field 'end': a segment ends before it starts")
+    if np.any(np.diff(start) < 0):
+        raise DataFormatError(f"{where} field 'start': segments are not sorted by start time")
+    return CaptionSegments(start, end, [_segment_text(t, where) for t in texts])
+
+
+@dataclass
+class ClipSpan:
+    """A sampled clip: video span [start, end] s, audio span, the ASR segment range (or None), words."""
+
+    start: float
+    end: float
+    audio_start: float
+    audio_end: float
+    segments: Optional[Tuple[int, int]]
+    words: List[str]
+
+
+def grow_segment(segments: CaptionSegments, index: int, min_seconds: float) -> Tuple[int, int]:
+    """Grow segment ``index`` with neighbours until ``end[last] - start[first] >= min_seconds``.
+
+    Each step adds the previous segment if that gives a span no longer than adding the next one
+    (``end[last] - start[first-1] <= end[last+1] - start[first]``), else the next; at a border only the
+    existing side is added; stops when no neighbour is left. Returns (first, last), inclusive.
+    """
+    first = last = index
+    count = len(segments.start)
+    while segments.end[last] - segments.start[first] < min_seconds:
+        can_prev, can_next = first > 0, last < count - 1
+        if can_prev and can_next:
+            span_with_prev = segments.end[last] - segments.start[first - 1]
+            span_with_next = segments.end[last + 1] - segments.start[first]
+            if span_with_prev <= span_with_next:
+                first -= 1
+            else:
+                last += 1
+        elif can_prev:
+            first -= 1
+        elif can_next:
+            last += 1
+        else:
+            break
+    return first, last
+
+
+def sample_clip(
+    segments: Optional[CaptionSegments],
+    duration: float,
+    rng: np.random.Generator,
+    clip_seconds: float = 8.0,
+    audio_offset_quirk: bool = False,
+) -> ClipSpan:
+    """Draw one training clip by the rule in the module docstring (SPEC §5)."""
+    from multisk.data.text import tokenize
+
+    start = float(rng.random()) * max(0.0, duration - clip_seconds)
+    end = start + clip_seconds
+    hit: Optional[int] = None
+    if segments is not None and len(segments.start):
+        i_start = max(0, int(np.searchsorted(segments.start, start, side="left")) - 1)
+        i_end = max(0, int(np.searchsorted(segments.start, end, side="left")) - 1)
+        if segments.start[i_start] <= start <= segments.end[i_start]:
+            hit = i_start
+        elif segments.start[i_end] <= end <= segments.end[i_end]:
+            hit = i_end
+    if hit is None:
+        return ClipSpan(start, end, start, end, None, [])
+    first, last = grow_segment(segments, hit, clip_seconds)  # type: ignore[arg-type]
+    words: List[str] = []
+    for j in range(first, last + 1):
+        words.extend(tokenize(segments.text[j]))  # type: ignore[union-attr]
+    span_start, span_end = float(segments.start[first]), float(segments.end[last])  # type: ignore[union-attr]
+    audio_start, audio_end = span_start, span_end
+    if audio_offset_quirk:
+        audio_start = span_start + 0.5 * clip_seconds
+        audio_end = audio_start + clip_seconds
+    return ClipSpan(span_start, span_end, audio_start, audio_end, (first, last), words)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the dataset
+
+
+def read_video_csv(path: str | Path) -> List[str]:
+    """The ``path`` column of a HowTo100M CSV (``None/`` prefixes removed, as in the reference)."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: field 'path': CSV file not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise DataFormatError(f"{path}: not a readable CSV ({type(err).__name__}: {err})") from None
+    if "path" not in frame.columns:
+        raise DataFormatError(f"{path}: missing field 'path' (columns: {', '.join(map(str, frame.columns))})")
+    paths = [p.replace("None/", "").strip().strip("/") for p in frame["path"].tolist()]
+    for row, p in enumerate(paths, start=2):
+        if not p:
+            raise DataFormatError(f"{path}: line {row} field 'path' is empty")
+    return paths
+
+
+@dataclass
+class VideoFeatures:
+    """Everything loaded for one video: (T2, 2048), (T3, 2048), (F, 40) frames (None when absent)."""
+
+    video_id: str
+    features_2d: Optional[np.ndarray]
+    features_3d: Optional[np.ndarray]
+    audio_frames: Optional[np.ndarray]
+    segments: Optional[CaptionSegments]
+
+    @property
+    def duration(self) -> float:
+        """Seconds covered: from the spectrogram (as the reference), else from the video features."""
+        if self.audio_frames is not None and self.audio_frames.shape[0]:
+            return float(int(frames_to_seconds(self.audio_frames.shape[0])))
+        candidates = [0.0]
+        if self.features_3d is not None:
+            candidates.append(self.features_3d.shape[0] / FPS_3D)
+        if self.features_2d is not None:
+            candidates.append(self.features_2d.shape[0] / FPS_2D)
+        return float(int(max(candidates)))
+
+
+class HowTo100MDataset:
+    """HowTo100M training clips straight from the field's files (map-style, one video per index).
+
+    ``dataset[i]`` is a list of ``clips_per_video`` per-item dicts (the multisk per-item shape: ``text``
+    (Lt, Dt), ``video`` (Lv, 4096), ``audio`` (F, 40) frames, ``index``, ``id``; plus ``caption``,
+    ``start``, ``end``). Clip ``k`` of video ``i`` has ``index = i * clips_per_video + k`` and id ``"<video id>#k"``. Use
+    :attr:`collate_fn` (flattens the lists and pads to fixed lengths) with a ``DataLoader`` whose batch
+    size counts videos, as in the reference (216 videos x 10 clips).
+
+    Randomness: clip starts come from ``numpy.random.default_rng([seed, epoch, i])``, so an item is the
+    same in every worker and rank for a given seed and epoch; call :meth:`set_epoch` each epoch.
+
+    Args:
+        csv, features_path, audio_path, caption_path: the SPEC §6 files (``features_path_3d`` defaults
+            to ``features_path``).
+        word_vectors: a ``KeyedVectors`` or a spec for :func:`multisk.data.word_vectors.load_word_vectors`.
+        max_words / max_video_tokens / max_audio_frames: crop lengths (first words / first time steps /
+            first frames of the span, as the reference); 20 / 12 / 768 for 8 s clips.
+        lowercase: lower-case words before the vocabulary look-up (GloVe); default: True only for the
+            packaged GloVe.
+    """
+
+    def __init__(
+        self,
+        csv: str | Path,
+        features_path: str | Path,
+        audio_path: str | Path,
+        caption_path: str | Path,
+        word_vectors: Any,
+        clips_per_video: int = 10,
+        clip_seconds: float = 8.0,
+        max_words: int = 20,
+        max_video_tokens: int = 12,
+        max_audio_frames: int = 768,
+        features_path_3d: Optional[str | Path] = None,
+        audio_offset_quirk: bool = False,
+        lowercase: Optional[bool] = None,
+        strict_files: bool = False,
+        seed: int = 0,
+    ) -> None:
+        from multisk.data.word_vectors import PACKAGED_GLOVE, load_word_vectors
+
+        self.csv = Path(csv)
+        self.video_paths = read_video_csv(self.csv)
+        self.features_path = Path(features_path)
+        self.features_path_3d = Path(features_path_3d) if features_path_3d is not None else self.features_path
+        self.audio_path = Path(audio_path)
+        for field, directory in (("features_path", self.features_path), ("features_path_3d", self.features_path_3d),
+                                 ("features_path_audio", self.audio_path)):
+            if not directory.is_dir():
+                raise DataFormatError(f"{directory}: field {field!r}: directory not found")
+        self.caption_path = Path(caption_path)
+        self.captions = load_howto_captions(self.caption_path)
+        if isinstance(word_vectors, (str, os.PathLike)):
+            if lowercase is None:
+                lowercase = str(word_vectors) == PACKAGED_GLOVE
+            word_vectors = load_word_vectors(str(word_vectors))
+        self.kv = word_vectors
+        self.lowercase = bool(lowercase)
+        if clips_per_video < 1:
+            raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
+        self.clips_per_video = int(clips_per_video)
+        self.clip_seconds = float(clip_seconds)
+        self.max_tokens = {"text": int(max_words), "video": int(max_video_tokens), "audio": int(max_audio_frames)}
+        self.audio_offset_quirk = bool(audio_offset_quirk)
+        self.strict_files = bool(strict_files)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.video_paths)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def video_id(self, index: int) -> str:
+        return self.video_paths[index].split("/")[-1]
+
+    def _optional_npz(self, path: Path, key: str, shape: Sequence[Optional[int]]) -> Optional[np.ndarray]:
+        if not path.is_file():
+            if self.strict_files:
+                raise DataFormatError(f"{path}: field {key!r}: file not found")
+            return None
+        return load_npz_array(path, key, shape)
+
+    def load_video(self, index: int) -> VideoFeatures:
+        """Read the feature files and captions of video ``index`` (missing files -> None)."""
+        rel, video_id = self.video_paths[index], self.video_id(index)
+        f2d = self._optional_npz(self.features_path / rel / f"{video_id}_2d.npz", "features", (None, FEATURE_DIM_2D))
+        f3d = self._optional_npz(self.features_path_3d / rel / f"{video_id}_3d.npz", "features", (None, FEATURE_DIM_3D))
+        spec = self._optional_npz(self.audio_path / rel / f"{video_id}_spec.npz", "arr_0", (N_MELS, None))
+        segments = None
+        if video_id in self.captions:
+            segments = check_segments(self.captions[video_id], f"{self.caption_path}: video {video_id!r}")
+        elif self.strict_files:
+            raise DataFormatError(f"{self.caption_path}: field {video_id!r}: no captions for this video")
+        frames = None if spec is None else np.ascontiguousarray(spec.T)
+        return VideoFeatures(video_id, f2d, f3d, frames, segments)
+
+    def clip_item(self, video: VideoFeatures, clip: ClipSpan, index: int) -> Dict[str, Any]:
+        """Per-item dict (numpy arrays) of one clip: tokens cropped to ``max_tokens`` from the span start."""
+        from multisk.data.text import encode_text
+
+        video_tokens = combine_video_features(
+            feature_slice(video.features_2d, FPS_2D, clip.start, clip.end),
+            feature_slice(video.features_3d, FPS_3D, clip.start, clip.end),
+        )[: self.max_tokens["video"]]
+        if video.audio_frames is not None:
+            first = seconds_to_frame(clip.audio_start)
+            if clip.segments is None:  # no ASR: a fixed window from the start frame (the reference)
+                last = first + self.max_tokens["audio"]
+            else:
+                last = min(seconds_to_frame(clip.audio_end), first + self.max_tokens["audio"])
+            audio = video.audio_frames[first:last]
+        else:
+            audio = np.zeros((0, N_MELS), dtype=np.float32)
+        caption = " ".join(clip.words)
+        if clip.words:
+            text = encode_text(self.kv, caption, self.max_tokens["text"], self.lowercase,
+                               where=f"{self.caption_path}: video {video.video_id!r} field 'text'")
+        else:
+            text = np.zeros((0, self.kv.vector_size), dtype=np.float32)
+        return {
+            "text": text,
+            "video": video_tokens,
+            "audio": np.asarray(audio, dtype=np.float32),
+            "index": index,
+            "id": f"{video.video_id}#{index % self.clips_per_video}",
+            "caption": caption,
+            "start": clip.start,
+            "end": clip.end,
+        }
+
+    def clips(self, index: int, as_tensors: bool = True) -> List[Dict[str, Any]]:
+        """The ``clips_per_video`` sampled clips of video ``index``."""
+        import torch
+
+        video = self.load_video(index)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        items = []
+        for k in range(self.clips_per_video):
+            clip = sample_clip(video.segments, video.duration, rng, self.clip_seconds, self.audio_offset_quirk)
+            item = self.clip_item(video, clip, index * self.clips_per_video + k)
+            if as_tensors:
+                for m in ("text", "video", "audio"):
+                    item[m] = torch.from_numpy(np.ascontiguousarray(item[m]))
+            items.append(item)
+        return items
+
+    def __getitem__(self, index: int) -> List[Dict[str, Any]]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} videos")
+        return self.clips(index)
+
+    @property
+    def collate_fn(self):
+        """Flatten per-video clip lists and collate to the batch dict with fixed padded lengths."""
+        from functools import partial
+
+        return partial(collate_video_clips, pad_to=dict(self.max_tokens))
+
+
+def collate_video_clips(videos: Sequence[Sequence[Mapping[str, Any]]], pad_to: Optional[Mapping[str, int]] = None) -> Dict[str, Any]:
+    """Flatten ``[[clip, ...], ...]`` (B videos x C clips) into one batch of B*C clips (batch dict)."""
+    from multisk.data.dataset import collate_batch
+
+    return collate_batch([clip for clips in videos for clip in clips], pad_to=pad_to)
+
+
+__all__ = [
+    "CaptionSegments", "ClipSpan", "HowTo100MDataset", "VideoFeatures", "check_array", "check_segments",
+    "collate_video_clips", "combine_video_features", "feature_slice", "frames_to_seconds", "grow_segment",
+    "l2_normalize_rows", "load_howto_captions", "load_npz_array", "nearest_resample", "read_pickle",
+    "read_video_csv", "sample_clip", "seconds_to_frame",
+]
