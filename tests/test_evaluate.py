@@ -1,0 +1,242 @@
+"""Retrieval in every direction (evaluate/directions.py) and report tables (evaluate/report.py)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from multisk.errors import DataFormatError
+from multisk.evaluate import (
+    available_directions,
+    comparison_table,
+    direction_ranks,
+    evaluate_directions,
+    format_markdown_table,
+    format_results_table,
+    format_text_table,
+    read_metrics_json,
+    results_to_markdown,
+    write_metrics_json,
+)
+from multisk.metrics import retrieval_metrics
+
+SINGLE = ["t2v", "v2t", "t2a", "a2t", "v2a", "a2v"]
+LATE = ["t2v+a", "v+a2t", "v2t+a", "t+a2v", "a2t+v", "t+v2a"]
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def correlated_embeddings(n=24, dim=16, noise=1.5, seed=0):
+    """Text/video/audio embeddings sharing a per-item signal, so retrieval is far from chance."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n, dim))
+    return {m: base + noise * rng.normal(size=(n, dim)) for m in ("text", "video", "audio")}
+
+
+def literal_rank(row, positive_columns):
+    best = max(row[j] for j in positive_columns)
+    kept = sorted([row[j] for j in range(len(row)) if j not in positive_columns] + [best], reverse=True)
+    positions = [i for i, v in enumerate(kept) if v == best]
+    return sum(positions) / len(positions)
+
+
+def test_available_directions_follow_the_embeddings():
+    assert available_directions(["text", "video"]) == ["t2v", "v2t"]
+    assert available_directions(["text", "video", "audio"]) == SINGLE + LATE
+    assert available_directions(["text", "video", "audio", "video_audio"]) == SINGLE + LATE + ["t2va", "va2t"]
+    assert available_directions(["text", "audio_video"])[-2:] == ["t2va", "va2t"]
+    with pytest.raises(ValueError, match="unknown embedding name 'pictures'"):
+        available_directions(["text", "pictures"])
+
+
+def test_single_and_late_fusion_directions_match_numpy():
+    embeddings = correlated_embeddings()
+    results = evaluate_directions(embeddings)
+    assert list(results) == SINGLE + LATE
+    t, v, a = (unit(embeddings[m]) for m in ("text", "video", "audio"))
+    late_va = (v + a) / 2  # SPEC: (n(v) + n(a)) / 2; cosine ignores its scale
+    expected = {
+        "t2v": t @ v.T,
+        "v2t": v @ t.T,
+        "a2v": a @ v.T,
+        "t2v+a": t @ unit(late_va).T,
+        "v+a2t": unit(late_va) @ t.T,
+        "t+v2a": unit((t + v) / 2) @ a.T,
+    }
+    for direction, sims in expected.items():
+        assert results[direction] == pytest.approx(retrieval_metrics(sims)), direction
+    # the shared signal makes late fusion a useful query: far better than chance (R@1 ~ 4%)
+    assert results["t2v+a"]["R1"] > 20
+
+
+def test_scale_and_input_type_do_not_matter():
+    embeddings = correlated_embeddings(seed=3)
+    rng = np.random.default_rng(0)
+    scaled = {k: torch.tensor(v * rng.uniform(0.1, 10, size=(v.shape[0], 1)), dtype=torch.float32)
+              for k, v in embeddings.items()}
+    got, expected = evaluate_directions(scaled), evaluate_directions(embeddings)
+    assert list(got) == list(expected)
+    for direction in expected:
+        assert got[direction] == pytest.approx(expected[direction]), direction
+
+
+def test_model_fused_pair_is_used_as_given():
+    embeddings = correlated_embeddings(seed=4)
+    embeddings["video_audio"] = np.random.default_rng(9).normal(size=(24, 16))
+    results = evaluate_directions(embeddings)
+    sims = unit(embeddings["text"]) @ unit(embeddings["video_audio"]).T
+    assert results["t2va"] == pytest.approx(retrieval_metrics(sims))
+    assert results["va2t"] == pytest.approx(retrieval_metrics(sims.T))
+    assert "v2ta" not in results
+
+
+def test_missing_modality_excluded_on_the_side_that_needs_it():
+    embeddings = correlated_embeddings(n=20, seed=5)
+    has_audio = np.ones(20, dtype=bool)
+    has_audio[[1, 4, 7, 8, 15]] = False
+    ranks = direction_ranks(embeddings, nonempty={"audio": has_audio})
+    t, v, a = (unit(embeddings[m]) for m in ("text", "video", "audio"))
+    items_with_audio = np.flatnonzero(has_audio)
+    # t2a: queries and gallery are the 15 items with audio
+    sims = t[items_with_audio] @ a[items_with_audio].T
+    np.testing.assert_array_equal(ranks["t2a"], [literal_rank(list(r), {i}) for i, r in enumerate(sims)])
+    # a2t: 15 audio queries against all 20 texts (items without audio still distract)
+    sims = a[items_with_audio] @ t.T
+    expected = [literal_rank(list(sims[i]), {int(item)}) for i, item in enumerate(items_with_audio)]
+    np.testing.assert_array_equal(ranks["a2t"], expected)
+    # t2v is untouched
+    assert ranks["t2v"].shape == (20,)
+    # v+a2t: fused side needs audio too
+    assert ranks["v+a2t"].shape == (15,)
+
+    results = evaluate_directions(embeddings, nonempty={"audio": has_audio}, complete_size=20)
+    assert results["t2a"]["n_queries"] == 15
+    assert results["t2a"]["R1"] == pytest.approx(100 * np.count_nonzero(ranks["t2a"] == 0) / 20)
+
+    nothing = evaluate_directions(embeddings, nonempty={"audio": np.zeros(20, dtype=bool)})
+    assert list(nothing) == ["t2v", "v2t"]  # every direction involving audio has no valid query
+
+
+def test_groups_make_every_member_a_positive():
+    text = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    # item 0's text is closest to item 1's video; items 0 and 1 share a caption group
+    video = np.array([[0.6, 0.8, 0.0], [1.0, 0.0, 0.0], [0.0, 0.1, 1.0]])
+    embeddings = {"text": text, "video": video}
+    without = direction_ranks(embeddings)["t2v"]
+    with_groups = direction_ranks(embeddings, groups=np.array([5, 5, 2]))["t2v"]
+    assert without[0] == 1.0 and with_groups[0] == 0.0
+    # matches retrieval_metrics with the explicit positives matrix
+    groups = np.array([0, 0, 1, 2, 2, 2, 3])
+    embeddings = correlated_embeddings(n=7, seed=6)
+    positives = groups[:, None] == groups[None, :]
+    sims = unit(embeddings["video"]) @ unit(embeddings["text"]).T
+    got = evaluate_directions(embeddings, groups=groups)["v2t"]
+    assert got == pytest.approx(retrieval_metrics(sims, positives=positives))
+
+
+def test_direction_selection_and_bad_inputs():
+    embeddings = correlated_embeddings(n=6)
+    assert list(evaluate_directions(embeddings, directions=["t2v+a"])) == ["t2v+a"]
+    with pytest.raises(ValueError, match="unknown"):
+        evaluate_directions(embeddings, directions=["t2x"])
+    with pytest.raises(ValueError, match="need embeddings"):
+        evaluate_directions({"text": embeddings["text"], "video": embeddings["video"]}, directions=["t2a"])
+    with pytest.raises(ValueError, match=r"embeddings\['video'\]: 5 rows"):
+        evaluate_directions({"text": np.ones((6, 4)), "video": np.ones((5, 4))})
+    with pytest.raises(ValueError, match=r"nonempty\['audio'\]"):
+        evaluate_directions(embeddings, nonempty={"audio": np.ones(5, dtype=bool)})
+    with pytest.raises(ValueError, match="groups"):
+        evaluate_directions(embeddings, groups=np.zeros(6))
+    with pytest.raises(ValueError, match="complete_dataset_size"):
+        evaluate_directions(embeddings, complete_size=3)
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+
+
+def example_table():
+    return {
+        "t2v": {"R1": 12.5, "R5": 30.0, "R10": 41.25, "R50": 80.0, "MedR": 15.5, "MeanR": 40.123, "n_queries": 968},
+        "t2v+a": {"R1": 20.0, "R5": 45.0, "R10": 55.0, "R50": 90.0, "MedR": 8.0, "MeanR": 22.0, "n_queries": 968},
+    }
+
+
+def test_text_table_is_fixed_width():
+    text = format_text_table(example_table(), title="MSR-VTT")
+    lines = text.splitlines()
+    assert lines[0] == "MSR-VTT"
+    assert lines[1].split() == ["direction", "R1", "R5", "R10", "R50", "MedR", "MeanR", "n_queries"]
+    assert len({len(line) for line in lines[1:]}) == 1  # every row has the same width
+    assert lines[3].split() == ["t2v", "12.50", "30.00", "41.25", "80.00", "15.50", "40.12", "968"]
+    flat = format_text_table(retrieval_metrics(np.eye(3)), columns=["R1", "MedR"])
+    assert flat.splitlines()[2].split() == ["100.00", "1.00"]
+
+
+def test_markdown_table():
+    lines = format_markdown_table(example_table(), columns=["R1", "MedR"]).splitlines()
+    assert lines[0] == "| direction | R1 | MedR |"
+    assert lines[1] == "|:--|--:|--:|"
+    assert lines[3] == "| t2v+a | 20.00 | 8.00 |"
+    assert len(lines) == 4
+
+
+def test_json_round_trip(tmp_path):
+    table = example_table()
+    table["t2v"]["R1"] = np.float64(12.5)
+    table["t2v"]["n_queries"] = np.int64(968)
+    path = write_metrics_json({"test": table}, tmp_path / "sub" / "metrics.json")
+    assert read_metrics_json(path) == {"test": example_table()}
+    assert isinstance(json.loads(path.read_text())["test"]["t2v"]["n_queries"], int)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataFormatError, match="bad.json"):
+        read_metrics_json(tmp_path / "bad.json")
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        read_metrics_json(tmp_path / "missing.json")
+
+
+def test_comparison_table():
+    runs = {
+        "baseline": {"in_domain": example_table(), "out_of_domain": {"t2v": example_table()["t2v"]}},
+        "sspc": {"in_domain": example_table()},
+    }
+    markdown = comparison_table(runs, directions=["t2v+a"], columns=["R1", "MedR"]).splitlines()
+    assert markdown[0] == "| run | split | t2v+a R1 | t2v+a MedR |"
+    assert markdown[2] == "| baseline | in_domain | 20.00 | 8.00 |"
+    assert markdown[3] == "| baseline | out_of_domain | - | - |"  # direction missing in that split
+    assert markdown[4] == "| sspc | in_domain | 20.00 | 8.00 |"
+    text = comparison_table(runs, style="text").splitlines()
+    assert len({len(line) for line in text}) == 1
+    assert text[2].split()[:4] == ["baseline", "in_domain", "20.00", "45.00"]
+    with pytest.raises(ValueError, match="style"):
+        comparison_table(runs, style="html")
+    with pytest.raises(ValueError, match="runs"):
+        comparison_table({})
+
+
+def test_results_report_per_split():
+    results = {
+        "test_in_domain": {
+            "retrieval": example_table(),
+            "n_items": 968,
+            "complete_size": 1000,
+            "classification": {"top1": 40.0, "top5": 75.5, "mean_per_class": 38.25, "n_classes": 15},
+        },
+        "test_out_of_domain": {"retrieval": {}, "n_items": 3},
+    }
+    text = format_results_table(results).splitlines()
+    assert text[0] == "test_in_domain (968 items, R@k over the complete size 1000)"
+    assert text[3].split()[:2] == ["t2v", "12.50"]
+    assert text[5] == "zero-shot classification: top1 40.00, top5 75.50, mean_per_class 38.25 (15 classes)"
+    assert text[7] == "test_out_of_domain (3 items)"
+    assert text[8] == "(no retrieval direction)"
+    markdown = results_to_markdown(results).splitlines()
+    assert markdown[0] == "## test_in_domain (968 items, R@k over the complete size 1000)"
+    assert markdown[2].startswith("| direction | R1 |")
+    assert markdown[5].startswith("| t2v+a | 20.00 |")
+    assert "## test_out_of_domain (3 items)" in markdown
+    with pytest.raises(ValueError, match="results"):
+        format_results_table({})
