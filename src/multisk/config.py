@@ -31,6 +31,9 @@ class ModelConfig:
     video_dim: int = 4096  # 2D (2048) + 3D (2048) features per time step
     audio_mels: int = 40
     audio_encoder: str = "davenet_v2"  # "davenet_v2" | "davenet_v1"
+    # divide every DAVEnet channel width by this (1 = the paper's encoder); small CPU models and tests
+    # use e.g. 32, which keeps the depth, kernel and total stride (64 frames per token for v2)
+    audio_width_divisor: int = 1
     embed_dim: int = 4096  # token width inside the fusion transformer (D)
     depth: int = 1
     num_heads: int = 64

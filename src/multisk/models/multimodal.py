@@ -1,0 +1,312 @@
+"""The multi-modal model: Everything-at-Once fusion transformer(s) with anchor heads (SPEC §1–§2).
+
+Pipeline for each modality m present in ``ModelConfig.modalities``::
+
+    features (B, L, d_m)  [audio: DAVEnet(spectrogram (B, n_mels, F)) → (B, ceil(F/stride), d_a)]
+      → token projection  GatedEmbeddingUnit(d_m → D) → LayerNorm          (projected tokens)
+      → empty sample? put the learned masking token of m at position 0 and mark it valid
+      → input embedding  u_m = n(masked_mean(projected tokens))              (B, D)
+      → (+ learned positional embedding, optional)
+      → fusion transformer (its own per modality, or one shared) → masked mean (or CLS output)
+      → projection  GatedEmbeddingUnit(D → E)                                joint embedding x̂_m (B, E)
+
+``variant = "everything_at_once"`` shares one transformer and also encodes the concatenated token
+sequences of each pair (a, b): the pair embedding is ``(n(P_a(pool_a)) + n(P_b(pool_b))) / 2`` where
+``pool_a``/``pool_b`` are the masked means of a's and b's output tokens in the joint pass (with a CLS
+token both are the CLS output). ``variant = "per_modality"`` is the paper's released model
+(``TransformerPerModalityModel2``): one transformer per modality, no pairs.
+
+Anchor scores (SPEC §2): ``input_anchor_scores[m] = u_m · n(Z_m)ᵀ`` and
+``joint_anchor_scores[m][n] = n(x̂_n) · n(Ẑ_m)ᵀ`` for every joint embedding n (pairs included).
+The output dict is documented in docs/architecture.md ("Model output dict").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Mapping, NamedTuple, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from multisk.config import MODALITIES, ConfigError, ModelConfig
+from multisk.errors import DataFormatError
+from multisk.models.anchors import AnchorHeads
+from multisk.models.davenet import DAVEnet, build_audio_encoder
+from multisk.models.fusion import FusionTransformer
+from multisk.models.layers import LAYER_NORM_EPS, GatedEmbeddingUnit, masked_mean
+
+# fused pairs of the everything_at_once variant, in output order; names are "a_b"
+MODALITY_PAIRS: Tuple[Tuple[str, str], ...] = (("text", "video"), ("text", "audio"), ("video", "audio"))
+
+
+class ModalityTokens(NamedTuple):
+    """Projected tokens of one modality, ready for the fusion transformer.
+
+    ``tokens`` (B, L, D); ``mask`` (B, L) bool (True = valid; an empty sample has its masking token
+    at position 0 marked valid); ``nonempty`` (B,) bool: the sample had at least one valid token.
+    """
+
+    tokens: Tensor
+    mask: Tensor
+    nonempty: Tensor
+
+
+def _normalize(x: Tensor) -> Tensor:
+    """Row-wise L2 normalisation in float32: ``x / max(||x||, 1e-12)``."""
+    return F.normalize(x.to(torch.float32), dim=-1)
+
+
+class MultiModalModel(nn.Module):
+    """Everything-at-Once family model with anchor heads; build it with :func:`build_model`.
+
+    ``forward(batch)`` takes the batch dict of docs/architecture.md (keys ``text``/``text_mask``
+    (B, Lt, text_dim)/(B, Lt), ``video``/``video_mask`` (B, Lv, video_dim)/(B, Lv), ``audio``/
+    ``audio_mask`` (B, n_mels, F)/(B, F); only the modalities of ``cfg.modalities`` are read) and
+    returns the output dict (``joint``, ``joint_normalized``, ``input_embedding``,
+    ``input_anchor_scores``, ``joint_anchor_scores``, ``nonempty``).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if not cfg.modalities:
+            raise ConfigError("model.modalities: at least one modality is required")
+        for name in cfg.modalities:
+            if name not in MODALITIES:
+                raise ConfigError(f"model.modalities: unknown modality {name!r} (known: {', '.join(MODALITIES)})")
+        if cfg.variant not in ("per_modality", "everything_at_once"):
+            raise ConfigError(f"model.variant: expected 'per_modality' or 'everything_at_once', got {cfg.variant!r}")
+        if cfg.embed_dim % cfg.num_heads:
+            raise ConfigError(f"model.num_heads: {cfg.num_heads} does not divide model.embed_dim {cfg.embed_dim}")
+        self.cfg = cfg
+        self.variant = cfg.variant
+        self.modalities: Tuple[str, ...] = tuple(m for m in MODALITIES if m in cfg.modalities)
+        self.pairs: Tuple[Tuple[str, str], ...] = (
+            tuple(p for p in MODALITY_PAIRS if p[0] in self.modalities and p[1] in self.modalities)
+            if cfg.variant == "everything_at_once"
+            else ()
+        )
+        self.joint_names: Tuple[str, ...] = self.modalities + tuple(f"{a}_{b}" for a, b in self.pairs)
+        dim = cfg.embed_dim
+
+        self.audio_encoder = (
+            build_audio_encoder(cfg.audio_encoder, cfg.audio_mels, cfg.audio_width_divisor) if "audio" in self.modalities else None
+        )
+        feature_dims = {"text": cfg.text_dim, "video": cfg.video_dim}
+        if self.audio_encoder is not None:
+            feature_dims["audio"] = self.audio_encoder.out_dim
+        self.token_projections = nn.ModuleDict({m: GatedEmbeddingUnit(feature_dims[m], dim) for m in self.modalities})
+        self.token_norms = nn.ModuleDict({m: nn.LayerNorm(dim, eps=LAYER_NORM_EPS) for m in self.modalities})
+        self.masking_tokens = nn.ParameterDict({m: nn.Parameter(torch.empty(dim)) for m in self.modalities})
+        self.positional_embeddings = (
+            nn.ParameterDict({m: nn.Parameter(torch.empty(cfg.max_positions, dim)) for m in self.modalities})
+            if cfg.use_positional_embedding
+            else None
+        )
+
+        def make_transformer() -> FusionTransformer:
+            return FusionTransformer(
+                dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
+                dropout=cfg.dropout, use_cls_token=cfg.use_cls_token,
+            )
+
+        self.fusion: nn.Module
+        if cfg.variant == "per_modality":
+            self.fusion = nn.ModuleDict({m: make_transformer() for m in self.modalities})
+        else:
+            self.fusion = make_transformer()
+        self.projections = nn.ModuleDict(
+            {m: GatedEmbeddingUnit(dim, cfg.projection_dim) for m in self.modalities}
+        )
+        if cfg.num_anchors < 0:
+            raise ConfigError(f"model.num_anchors: must be >= 0, got {cfg.num_anchors}")
+        # num_anchors = 0 builds no anchor sets (a contrastive-only model has no unused parameters,
+        # which DDP would otherwise complain about); the score dicts of the output are then empty
+        self.anchors = AnchorHeads(self.modalities if cfg.num_anchors > 0 else (), dim, cfg.projection_dim,
+                                   cfg.num_anchors)
+        self.init_weights()
+
+    # ------------------------------------------------------------------ initialisation
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """All weight initialisation of the model, in one place (follows the reference):
+
+        * gated units (token and final projections): PyTorch's default ``nn.Linear`` init;
+        * fusion transformers: Linear weights truncated normal (std 0.02), biases 0 (ViT init);
+        * LayerNorm / BatchNorm: weight 1, bias 0;
+        * DAVEnet convolutions: He normal with fan-out, ``N(0, 2 / (k · C_out))``;
+        * masking tokens, CLS tokens, positional embeddings: truncated normal (std 0.02);
+        * anchors: standard normal (they are used row-normalised, so only directions matter).
+        """
+        for unit in self.modules():
+            if isinstance(unit, GatedEmbeddingUnit):
+                unit.linear.reset_parameters()
+                unit.gate.reset_parameters()
+        transformers = self.fusion.values() if isinstance(self.fusion, nn.ModuleDict) else [self.fusion]
+        for transformer in transformers:
+            for layer in transformer.modules():
+                if isinstance(layer, nn.Linear):
+                    nn.init.trunc_normal_(layer.weight, std=0.02)
+                    if layer.bias is not None:
+                        nn.init.zeros_(layer.bias)
+            if transformer.cls_token is not None:
+                nn.init.trunc_normal_(transformer.cls_token, std=0.02)
+        for layer in self.modules():
+            if isinstance(layer, (nn.LayerNorm, nn.BatchNorm1d)):
+                nn.init.ones_(layer.weight)
+                nn.init.zeros_(layer.bias)
+            elif isinstance(layer, nn.Conv1d):
+                fan_out = layer.kernel_size[0] * layer.out_channels
+                nn.init.normal_(layer.weight, 0.0, math.sqrt(2.0 / fan_out))
+        for token in self.masking_tokens.values():
+            nn.init.trunc_normal_(token, std=0.02)
+        if self.positional_embeddings is not None:
+            for table in self.positional_embeddings.values():
+                nn.init.trunc_normal_(table, std=0.02)
+        for anchors in list(self.anchors.input_anchors.values()) + list(self.anchors.joint_anchors.values()):
+            nn.init.normal_(anchors, 0.0, 1.0)
+
+    # ------------------------------------------------------------------ inputs
+    def _check_batch(self, batch: Mapping[str, object]) -> None:
+        """Raise :class:`DataFormatError` naming the key for missing modalities or wrong shapes."""
+        cfg = self.cfg
+        batch_size = None
+        for m in self.modalities:
+            for key in (m, f"{m}_mask"):
+                if key not in batch:
+                    raise DataFormatError(
+                        f"batch[{key!r}]: missing, but model.modalities includes {m!r} "
+                        f"(batch keys: {', '.join(sorted(map(str, batch)))})"
+                    )
+                if not isinstance(batch[key], Tensor):
+                    raise DataFormatError(f"batch[{key!r}]: expected a tensor, got {type(batch[key]).__name__}")
+            x, mask = batch[m], batch[f"{m}_mask"]
+            assert isinstance(x, Tensor) and isinstance(mask, Tensor)
+            if m == "audio":
+                if x.dim() != 3 or x.shape[1] != cfg.audio_mels:
+                    raise DataFormatError(
+                        f"batch['audio']: expected (B, {cfg.audio_mels}, F) log-mel frames "
+                        f"({cfg.audio_mels} = model.audio_mels), got shape {tuple(x.shape)}"
+                    )
+                expected_mask = (x.shape[0], x.shape[2])
+            else:
+                expected_dim = cfg.text_dim if m == "text" else cfg.video_dim
+                if x.dim() != 3 or x.shape[2] != expected_dim:
+                    raise DataFormatError(
+                        f"batch[{m!r}]: expected (B, L, {expected_dim}) features "
+                        f"({expected_dim} = model.{m}_dim), got shape {tuple(x.shape)}"
+                    )
+                expected_mask = (x.shape[0], x.shape[1])
+            if tuple(mask.shape) != expected_mask:
+                raise DataFormatError(f"batch['{m}_mask']: expected shape {expected_mask}, got {tuple(mask.shape)}")
+            if batch_size is None:
+                batch_size = x.shape[0]
+            elif x.shape[0] != batch_size:
+                raise DataFormatError(
+                    f"batch[{m!r}]: batch size {x.shape[0]} differs from {batch_size} of {self.modalities[0]!r}"
+                )
+
+    def project_tokens(self, modality: str, features: Tensor, mask: Tensor) -> ModalityTokens:
+        """Token projection + LayerNorm + masking token for one modality.
+
+        ``features`` (B, L, d_m) (for audio: DAVEnet tokens), ``mask`` (B, L) bool or 0/1 float.
+        Padded feature positions are zeroed before the projection. Samples without a valid token get
+        the modality's learned masking token at position 0, marked valid, so no attention row is fully
+        masked (a zero-length sequence gets one slot for it).
+        """
+        mask = mask > 0
+        nonempty = mask.any(dim=1)
+        # zero the padding first, so garbage or NaN there cannot leak through 0-weighted sums
+        # (forward or backward)
+        features = torch.where(mask[..., None], features, features.new_zeros(()))
+        x = self.token_norms[modality](self.token_projections[modality](features))
+        if x.shape[1] == 0:
+            x = x.new_zeros(x.shape[0], 1, x.shape[2])
+            mask = mask.new_zeros(x.shape[0], 1)
+        first_slot = torch.arange(x.shape[1], device=x.device) == 0
+        use_masking_token = (~nonempty)[:, None] & first_slot[None, :]  # (B, L)
+        x = torch.where(use_masking_token[..., None], self.masking_tokens[modality].to(x.dtype), x)
+        return ModalityTokens(x, mask | use_masking_token, nonempty)
+
+    def embed_tokens(self, batch: Mapping[str, Tensor]) -> Dict[str, ModalityTokens]:
+        """Validate the batch and return the projected tokens of every modality of the model."""
+        self._check_batch(batch)
+        out: Dict[str, ModalityTokens] = {}
+        for m in self.modalities:
+            features, mask = batch[m], batch[f"{m}_mask"]
+            if m == "audio":
+                assert isinstance(self.audio_encoder, DAVEnet)
+                features, mask = self.audio_encoder(features, mask)
+            out[m] = self.project_tokens(m, features, mask)
+        return out
+
+    def _with_positions(self, modality: str, tokens: ModalityTokens) -> Tuple[Tensor, Tensor]:
+        x = tokens.tokens
+        if self.positional_embeddings is not None:
+            length = x.shape[1]
+            if length > self.cfg.max_positions:
+                raise DataFormatError(
+                    f"batch[{modality!r}]: {length} tokens exceed model.max_positions={self.cfg.max_positions}"
+                )
+            x = x + self.positional_embeddings[modality][:length].to(x.dtype)
+        return x, tokens.mask
+
+    # ------------------------------------------------------------------ forward
+    def joint_embeddings(self, tokens: Mapping[str, ModalityTokens]) -> Dict[str, Tensor]:
+        """Joint embeddings (B, E) for every name of ``self.joint_names`` from projected tokens."""
+        segments = {m: self._with_positions(m, tokens[m]) for m in self.modalities}
+        joint: Dict[str, Tensor] = {}
+        for m in self.modalities:
+            transformer = self.fusion[m] if isinstance(self.fusion, nn.ModuleDict) else self.fusion
+            fused = transformer([segments[m]])
+            pooled = fused.cls if fused.cls is not None else fused.pooled[0]
+            joint[m] = self.projections[m](pooled.to(segments[m][0].dtype))
+        for a, b in self.pairs:
+            fused = self.fusion([segments[a], segments[b]])
+            pooled_a, pooled_b = (fused.cls, fused.cls) if fused.cls is not None else fused.pooled
+            dtype = segments[a][0].dtype
+            embed_a = self.projections[a](pooled_a.to(dtype))
+            embed_b = self.projections[b](pooled_b.to(dtype))
+            joint[f"{a}_{b}"] = (_normalize(embed_a) + _normalize(embed_b)) / 2
+        return joint
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Dict[str, Dict]:
+        tokens = self.embed_tokens(batch)
+        input_embedding = {m: _normalize(masked_mean(tokens[m].tokens, tokens[m].mask)) for m in self.modalities}
+        joint = self.joint_embeddings(tokens)
+        joint_normalized = {name: _normalize(x) for name, x in joint.items()}
+        return {
+            "joint": joint,
+            "joint_normalized": joint_normalized,
+            "input_embedding": input_embedding,
+            "input_anchor_scores": {
+                m: self.anchors.input_scores(m, input_embedding[m]) for m in self.anchors.modalities
+            },
+            "joint_anchor_scores": {
+                m: {n: self.anchors.joint_scores(m, joint_normalized[n]) for n in self.joint_names}
+                for m in self.anchors.modalities
+            },
+            "nonempty": {m: tokens[m].nonempty for m in self.modalities},
+        }
+
+
+def build_model(cfg: ModelConfig) -> MultiModalModel:
+    """Build the model described by ``cfg`` (``model`` section of the config).
+
+    With ``cfg.compile`` the module is compiled in place (``nn.Module.compile``), so its class,
+    attributes and state-dict keys stay those of :class:`MultiModalModel`. To count parameters
+    without allocating memory, build under ``with torch.device("meta"):``.
+    """
+    model = MultiModalModel(cfg)
+    if cfg.compile:
+        model.compile()
+    return model
+
+
+def pair_names(model: MultiModalModel) -> List[str]:
+    """Names of the fused-pair joint embeddings the model produces (empty for per_modality)."""
+    return [f"{a}_{b}" for a, b in model.pairs]
+
+
+__all__ = ["MODALITY_PAIRS", "ModalityTokens", "MultiModalModel", "build_model", "pair_names"]
