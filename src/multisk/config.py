@@ -55,7 +55,8 @@ class ContrastiveConfig:
     kind: str = "norm_softmax"  # "norm_softmax" | "mms"
     temperature: float = 0.05
     margin: float = 0.001  # MMS only
-    # pair name "a-b" (joint embedding names, fused ones like "video_audio" allowed) -> weight
+    # pair name "a-b" (joint embedding names, fused ones like "video_audio" allowed) -> weight;
+    # a config file's pairs merge with these defaults, so drop a default pair by giving it weight 0
     pair_weights: Dict[str, float] = field(
         default_factory=lambda: {"text-video": 1.0, "text-audio": 0.1, "video-audio": 0.1}
     )
@@ -134,6 +135,9 @@ class TrainConfig:
     eval_every: int = 0  # steps; 0 evaluates at the end only
     checkpoint_every: int = 0  # steps; 0 saves at epoch ends only
     on_nonfinite: str = "stop"  # "stop" | "skip"
+    # DAVEnet's BatchNorm normalises with each rank's statistics (as the reference's DataParallel
+    # replicas did); true makes them global-batch statistics under DDP (CUDA only: SyncBatchNorm)
+    sync_batchnorm: bool = False
     device: str = "auto"
 
 

@@ -1,0 +1,56 @@
+"""``multisk embed`` (embed a prepared collection) and ``multisk search`` (text query over it)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("embed", help="write joint embeddings of a prepared dataset split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="feature-store root")
+    p.add_argument("--split", required=True)
+    p.add_argument("--out", required=True, help="output .npz index")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=run_embed)
+
+    s = subparsers.add_parser("search", help="text search over an index written by `multisk embed`")
+    s.add_argument("query", help="free text")
+    s.add_argument("--index", required=True, help=".npz written by `multisk embed`")
+    s.add_argument("--target", default="video", help="embedding to search: video, audio, video+audio, ...")
+    s.add_argument("--top", type=int, default=10)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=run_search)
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from multisk.train.data import store_dataset
+    from multisk.data.feature_store import read_manifest
+    from multisk.evaluate.classification import text_encoder_spec
+    from multisk.evaluate.index import save_index
+    from multisk.evaluate.loading import load_model
+    from multisk.evaluate.pipeline import embed_dataset
+    from multisk.train.distributed import pick_device
+
+    device = pick_device(args.device)
+    model, cfg = load_model(args.checkpoint, device=device)
+    dataset = store_dataset(cfg, args.data, args.split)
+    emb = embed_dataset(model, dataset, device=device, batch_size=args.batch_size)
+    spec = text_encoder_spec(read_manifest(args.data), args.split)
+    path = save_index(args.out, emb, dataset.store.items, checkpoint=str(Path(args.checkpoint).resolve()), text_encoder=spec)
+    print(f"wrote {path}: {len(dataset)} items, embeddings {sorted(emb['joint'])}")
+    return 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from multisk.evaluate.index import load_index, search_index
+    from multisk.train.distributed import pick_device
+
+    index = load_index(args.index)
+    hits = search_index(index, args.query, target=args.target, top=args.top, device=pick_device(args.device))
+    for rank, hit in enumerate(hits, 1):
+        print(f"{rank:3d}  {hit['score']:.4f}  {hit['id']}  {json.dumps(hit.get('caption', ''))}")
+    return 0

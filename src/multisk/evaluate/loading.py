@@ -1,0 +1,32 @@
+"""Rebuild a trained model from a checkpoint written by ``multisk train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Tuple
+
+import torch
+
+from multisk.config import Config, config_from_dict
+from multisk.errors import DataFormatError
+from multisk.models import build_model
+
+
+def load_model(path: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = False) -> Tuple[torch.nn.Module, Config]:
+    """Returns ``(model in eval mode on device, config)``; ``use_ema`` loads the EMA weights."""
+    from multisk.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path, map_location="cpu")
+    cfg = config_from_dict(state["config"])
+    model = build_model(cfg.model)
+    weights = state["model"]
+    if use_ema:
+        if not state.get("ema"):
+            raise DataFormatError(f"{path}: checkpoint has no field 'ema' (train with train.ema_decay > 0)")
+        prefix = "module."
+        weights = {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise DataFormatError(f"{path}: field 'model' does not match the configured model "
+                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return model.to(device).eval(), cfg

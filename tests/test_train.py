@@ -1,0 +1,118 @@
+"""The training application: end to end on a synthetic store, exact resume after a kill, non-finite
+stops, and a 2-process torchrun run that matches one process on the global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from multisk.config import load_config
+from multisk.train.trainer import NonFiniteLossError, train
+
+from synthetic_store import tiny_overrides, write_synthetic_store
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "demo.yaml"
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return write_synthetic_store(tmp_path_factory.mktemp("store"))
+
+
+def test_train_end_to_end_writes_logs_checkpoints_results_and_plots(store, tmp_path):
+    cfg = load_config(CONFIG, tiny_overrides(store, tmp_path / "run"))
+    results = train(cfg, progress=False)
+    run = tmp_path / "run"
+    assert results["steps"] == 2 * (48 // 8)
+    losses = _losses(run)
+    assert sorted(losses) == list(range(1, 13)) and all(torch.isfinite(torch.tensor(list(losses.values()))))
+    assert (run / "checkpoints" / "latest.pt").is_file() and (run / "checkpoints" / "epoch_2.pt").is_file()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    saved = json.loads((run / "results.json").read_text())
+    assert "t2v" in saved["evaluation"]["test"]["retrieval"]
+    names = {p.name for p in (run / "plots").glob("*.png")}
+    assert {"training_curves.png", "recall_test.png", "anchor_usage_test.png"} <= names
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "multisk.cli", *args]
+
+
+def test_resume_latest_after_kill_reproduces_the_uninterrupted_losses(store, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["--no-progress", "--config", str(CONFIG)]
+    full = tmp_path / "full"
+    subprocess.run(_cli("train", *common, *tiny_overrides(store, full, **{"train.epochs": 3})),
+                   check=True, env=env, capture_output=True)
+    # same run, checkpointing every 4 steps (epochs have 6 batches: step 4 is mid-epoch), killed
+    killed = tmp_path / "killed"
+    overrides = tiny_overrides(store, killed, **{"train.epochs": 3, "train.checkpoint_every": 4})
+    proc = subprocess.Popen(_cli("train", *common, *overrides), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step_4.pt").exists():
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.json").exists(), "the run was not interrupted"
+    resumed = subprocess.run(_cli("train", *common, *overrides, "--resume", "latest"), env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected, got = _losses(full), _losses(killed)
+    assert sorted(got) == sorted(expected) == list(range(1, 19))
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), f"step {step}"
+
+
+def test_nonfinite_loss_stops_with_a_diagnostic(store, tmp_path, monkeypatch):
+    cfg = load_config(CONFIG, tiny_overrides(store, tmp_path / "nan", **{"train.lr": 1e30, "train.epochs": 3}))
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+ .*terms .*loss.*batch ids"):
+        train(cfg, progress=False)
+
+
+def test_resume_from_a_missing_checkpoint_is_a_clear_error(store, tmp_path):
+    cfg = load_config(CONFIG, tiny_overrides(store, tmp_path / "x"))
+    with pytest.raises(FileNotFoundError, match="nope.pt: checkpoint not found"):
+        train(cfg, resume=str(tmp_path / "nope.pt"), progress=False)
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+                    reason="torchrun not installed")
+def test_distributed_torchrun_two_processes_match_one_process_on_the_global_batch(store, tmp_path):
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # DAVEnet's BatchNorm normalises with per-rank statistics unless train.sync_batchnorm (CUDA only),
+    # as in the reference's DataParallel; text + video have no batch statistics, so these runs must agree
+    steps = {"train.steps": 4, "train.epochs": 1, "model.modalities": "[text,video]",
+             "loss.contrastive.pair_weights.text-audio": 0.0, "loss.contrastive.pair_weights.video-audio": 0.0}
+    ddp = tmp_path / "ddp"
+    result = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "multisk.cli", "train", "--no-progress",
+         "--config", str(CONFIG), *tiny_overrides(store, ddp, **steps, **{"train.batch_size": 4})],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = tmp_path / "single"
+    cfg = load_config(CONFIG, tiny_overrides(store, single, **steps, **{"train.batch_size": 8}))
+    train(cfg, progress=False, make_plots=False)
+    expected, got = _losses(single), _losses(ddp)
+    assert sorted(got) == sorted(expected) == [1, 2, 3, 4]
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=2e-4, abs=1e-5), f"step {step}"
+    assert (ddp / "checkpoints" / "latest.pt").is_file()
