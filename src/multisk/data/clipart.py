@@ -522,6 +522,8 @@ def prepare_clipart(
             "category": entry["category"],
             "source": source,
             "file": entry["file"],
+            # the picture itself, for figures that show anchors by their top items
+            **({"path": entry["png"]} if entry.get("png") else {}),
             **extra,
         }
 
@@ -545,6 +547,8 @@ def prepare_clipart(
             "asterisk_test_fraction": settings.asterisk_test_fraction,
         },
         "picture_encoder": encoder.describe(),
+        # how to embed new text (class names, search queries) exactly like the stored text tokens
+        "text_encoder": {"name": GLOVE_NAME, "lowercase": True, "max_words": 20},
         "text_encoders": {"text": f"{GLOVE_NAME} (lower-cased, first 20 in-vocabulary words)",
                           "text_minilm": CaptionEncoder.minilm_description()},
         "audio_features": "log-mel, 16 kHz, n_fft 400, hop 160, 40 HTK mels, ln(x + 1e-6)",

@@ -599,6 +599,8 @@ def prepare_folder(
                 "category": Path(stem).parent.as_posix() if Path(stem).parent != Path(".") else "",
                 "source": "folder",
                 "file": main.relative_to(folder).as_posix(),
+                # pictures only: figures show anchors by their top pictures
+                **({"path": str(main.resolve())} if entry["files"].get("image") else {}),
             }
         )
     if not items:
@@ -610,6 +612,7 @@ def prepare_folder(
         metadata={
             "source": {"kind": "folder", "path": str(folder.resolve())},
             "picture_encoder": encoder.describe(),
+            "text_encoder": {"name": GLOVE_NAME, "lowercase": True, "max_words": MAX_TEXT_WORDS},
             "text_encoders": {"text": GLOVE_NAME, "text_minilm": CaptionEncoder.minilm_description()},
             "skipped": len(skipped),
         },
