@@ -278,3 +278,15 @@ def test_cpu_chunking_over_problems_does_not_change_results(monkeypatch):
     chunked_plan = multi_sinkhorn_two_level(scores, 4)
     torch.testing.assert_close(chunked_plan.high, whole_plan.high, atol=1e-7, rtol=0)
     torch.testing.assert_close(chunked_plan.low, whole_plan.low, atol=1e-7, rtol=0)
+
+
+def test_check_finite_false_propagates_nan_without_raising():
+    from multisk.sinkhorn import multi_sinkhorn, sinkhorn
+
+    scores = torch.rand(2, 6, 4)
+    scores[1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="scores: contains NaN"):
+        multi_sinkhorn(scores, 2)
+    targets = multi_sinkhorn(scores, 2, check_finite=False)
+    assert torch.isfinite(targets[0]).all() and torch.isnan(targets[1]).any()
+    assert torch.isnan(sinkhorn(scores, check_finite=False)[1]).any()

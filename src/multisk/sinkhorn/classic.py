@@ -16,10 +16,12 @@ import torch
 __all__ = ["sinkhorn"]
 
 
-def _check_scores(scores: object) -> None:
+def _check_scores(scores: object, check_finite: bool = True) -> None:
     """Raise ``ValueError`` naming ``scores`` unless it is a finite floating tensor of shape (..., N, K).
 
-    The finiteness check reads one boolean back to the host (once per call, outside the iterations).
+    The finiteness check reads one boolean back to the host (once per call, outside the iterations);
+    ``check_finite=False`` skips it (training loops that check their loss instead: NaN scores then
+    give NaN targets, hence a NaN loss, without a per-step host synchronisation).
     """
     if not isinstance(scores, torch.Tensor):
         raise ValueError(f"scores: expected a torch.Tensor, got {type(scores).__name__}")
@@ -31,7 +33,7 @@ def _check_scores(scores: object) -> None:
         raise ValueError(f"scores: the anchor axis K (last dim) is empty, shape {tuple(scores.shape)}")
     # A finite sum proves every entry finite (NaN/inf propagate) and costs one cheap pass; only when
     # it is not finite (NaN/inf, or finite values overflowing the sum) is the elementwise test needed.
-    if scores.numel() > 0 and not bool(torch.isfinite(scores.sum())) and not bool(torch.isfinite(scores).all()):
+    if check_finite and scores.numel() > 0 and not bool(torch.isfinite(scores.sum())) and not bool(torch.isfinite(scores).all()):
         raise ValueError("scores: contains NaN or infinite values")
 
 
@@ -99,6 +101,7 @@ def sinkhorn(
     n_iters: int = 3,
     *,
     process_group=None,
+    check_finite: bool = True,
 ) -> torch.Tensor:
     """Classic (SwAV) Sinkhorn-Knopp assignment: every anchor gets equal mass, every sample mass 1.
 
@@ -118,12 +121,14 @@ def sinkhorn(
         process_group: a ``torch.distributed`` group over which the N rows are sharded; the sums over
             samples are all-reduced so the result equals the single-process result on the
             concatenated rows. ``None``: single process.
+        check_finite: raise on NaN/inf scores (one host synchronisation per call); ``False`` lets
+            them propagate into the result instead.
 
     Returns:
         (..., N, K) float32 (float64 for float64 input is cast to float32 too) assignment with rows
         summing to 1.
     """
-    _check_scores(scores)
+    _check_scores(scores, check_finite)
     _check_eps_iters(eps, n_iters)
     eps, n_iters = float(eps), int(n_iters)
     dtype = _compute_dtype(scores)

@@ -68,8 +68,8 @@ class TwoLevelPlan(NamedTuple):
     n_high: int
 
 
-def _check_multi_args(scores, n_assign, eps, n_iters, low_scale) -> int:
-    _check_scores(scores)
+def _check_multi_args(scores, n_assign, eps, n_iters, low_scale, check_finite: bool = True) -> int:
+    _check_scores(scores, check_finite)
     _check_eps_iters(eps, n_iters)
     n_anchors = scores.shape[-1]
     if not _is_integer(n_assign) or not 1 <= n_assign <= n_anchors:
@@ -166,6 +166,7 @@ def multi_sinkhorn_two_level(
     *,
     low_scale: float = 0.25,
     process_group=None,
+    check_finite: bool = True,
 ) -> TwoLevelPlan:
     """Multi-SK without the final normalisation: the exact two-level tensor after the last iteration.
 
@@ -173,7 +174,7 @@ def multi_sinkhorn_two_level(
     Exposed so the constraints can be checked: each level's rows sum to 1 exactly (the last step);
     at convergence also ``Σ_n A_μ = N/K``, ``(K−r)·low + r·high = 1`` and ``high ≤ 1/r``.
     """
-    _check_multi_args(scores, n_assign, eps, n_iters, low_scale)
+    _check_multi_args(scores, n_assign, eps, n_iters, low_scale, check_finite)
     n_assign, n_iters, eps, low_scale = int(n_assign), int(n_iters), float(eps), float(low_scale)
     problems, _ = _as_problems(scores, _compute_dtype(scores))
     n_low = scores.shape[-1] - n_assign
@@ -197,6 +198,7 @@ def multi_sinkhorn(
     *,
     low_scale: float = 0.25,
     process_group=None,
+    check_finite: bool = True,
 ) -> torch.Tensor:
     """Multi-Assignment Sinkhorn-Knopp targets (SPEC §4): each sample is spread over ≥ r anchors.
 
@@ -219,11 +221,13 @@ def multi_sinkhorn(
         process_group: ``torch.distributed`` group over which the N rows are sharded; the column
             sums (over n) are all-reduced, everything else is local, and the result equals the
             single-process result on the concatenated rows. ``None``: single process.
+        check_finite: raise on NaN/inf scores (one host synchronisation per call); ``False`` lets
+            them propagate into the targets instead (a training loop that checks its loss).
 
     Returns:
         (..., N, K) float32 targets in [0, 1].
     """
-    _check_multi_args(scores, n_assign, eps, n_iters, low_scale)
+    _check_multi_args(scores, n_assign, eps, n_iters, low_scale, check_finite)
     n_assign, n_iters, eps, low_scale = int(n_assign), int(n_iters), float(eps), float(low_scale)
     if n_assign == scores.shape[-1]:
         return torch.ones(scores.shape, dtype=torch.float32, device=scores.device)  # P ≡ 1, degenerate rows
