@@ -1,5 +1,7 @@
 """A small synthetic feature store for application tests: paired items share a latent class, so the
-model can actually learn to retrieve; some items lack pictures or audio, as in the real benchmark."""
+model can actually learn to retrieve; some items lack pictures or audio, as in the real benchmark.
+Captions are real words ("a small cat") whose tokens come from a word-vector file written beside the
+store and recorded as its text encoder, so class names and search queries can be embedded too."""
 
 from __future__ import annotations
 
@@ -10,24 +12,41 @@ import numpy as np
 from multisk.data.feature_store import FeatureStoreWriter
 
 TEXT_DIM, VIDEO_DIM, N_MELS = 12, 16, 40
+CLASSES = ["cat", "dog", "car", "tree", "boat", "house"]
+FILLERS = ["a", "the", "small", "big", "red", "old"]
+
+
+def write_word_vectors(path: Path, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    vectors = {w: rng.standard_normal(TEXT_DIM) for w in CLASSES}
+    vectors.update({w: 0.3 * rng.standard_normal(TEXT_DIM) for w in FILLERS})
+    lines = [f"{len(vectors)} {TEXT_DIM}"] + [w + " " + " ".join(f"{x:.6f}" for x in v) for w, v in vectors.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return vectors
 
 
 def write_synthetic_store(root: Path, n_train: int = 48, n_test: int = 24, seed: int = 0) -> Path:
+    from multisk.data.text import encode_text
+    from multisk.data.word_vectors import load_word_vectors
+
     rng = np.random.default_rng(seed)
-    n_classes = 6
-    text_basis = rng.standard_normal((n_classes, TEXT_DIM))
-    video_basis = rng.standard_normal((n_classes, VIDEO_DIM))
-    mel_basis = rng.standard_normal((n_classes, N_MELS))
+    root.mkdir(parents=True, exist_ok=True)
+    vectors_path = root / "vectors.txt"
+    write_word_vectors(vectors_path, rng)
+    kv = load_word_vectors(str(vectors_path), use_cache=False)
+    encoder = {"name": str(vectors_path), "lowercase": False, "max_words": 20}
+    video_basis = rng.standard_normal((len(CLASSES), VIDEO_DIM))
+    mel_basis = rng.standard_normal((len(CLASSES), N_MELS))
     for split, count in (("train", n_train), ("test", n_test)):
-        with FeatureStoreWriter(root, split, {"text": TEXT_DIM, "video": VIDEO_DIM, "audio": N_MELS}) as w:
+        with FeatureStoreWriter(root, split, {"text": TEXT_DIM, "video": VIDEO_DIM, "audio": N_MELS},
+                                metadata={"text_encoder": encoder}) as w:
             for i in range(count):
-                c = int(rng.integers(n_classes))
-                n_words = int(rng.integers(2, 7))
-                text = text_basis[c] + 0.3 * rng.standard_normal((n_words, TEXT_DIM))
+                c = int(rng.integers(len(CLASSES)))
+                caption = f"{FILLERS[int(rng.integers(len(FILLERS)))]} {FILLERS[int(rng.integers(len(FILLERS)))]} {CLASSES[c]}"
+                text = encode_text(kv, caption)
                 video = None if i % 4 == 3 else video_basis[c] + 0.3 * rng.standard_normal((3, VIDEO_DIM))
                 audio = None if i % 3 == 2 else mel_basis[c] + 0.3 * rng.standard_normal((int(rng.integers(40, 130)), N_MELS))
                 w.add(f"{split}-{i}", {"text": text, "video": video, "audio": audio},
-                      caption=f"item {i} of class {c}", category=f"class{c}")
+                      caption=caption, category=CLASSES[c])
     return root
 
 
