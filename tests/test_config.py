@@ -44,3 +44,12 @@ def test_missing_file_and_malformed_override(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="expected key=value"):
         load_config(None, ["model.num_anchors"])
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    assert len(configs) >= 5
+    for path in configs:
+        load_config(path)

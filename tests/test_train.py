@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from multisk.config import load_config
+from multisk.config import ConfigError, load_config
 from multisk.train.trainer import NonFiniteLossError, train
 
 from synthetic_store import tiny_overrides, write_synthetic_store
@@ -116,3 +116,23 @@ def test_distributed_torchrun_two_processes_match_one_process_on_the_global_batc
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=2e-4, abs=1e-5), f"step {step}"
     assert (ddp / "checkpoints" / "latest.pt").is_file()
+
+
+def test_init_checkpoint_starts_fine_tuning_from_the_given_weights(store, tmp_path):
+    pre = tmp_path / "pre"
+    train(load_config(CONFIG, tiny_overrides(store, pre, **{"train.epochs": 1})), progress=False, make_plots=False)
+    ckpt = pre / "checkpoints" / "latest.pt"
+    tuned = tmp_path / "tuned"
+    # lr 0: Adam leaves the weights where they started, so the result must be the pre-trained model
+    cfg = load_config(CONFIG, tiny_overrides(store, tuned, **{"train.epochs": 1, "train.lr": 0.0,
+                                                              "train.init_checkpoint": str(ckpt)}))
+    train(cfg, progress=False, make_plots=False)
+    before = torch.load(ckpt, weights_only=False)["model"]
+    after = torch.load(tuned / "checkpoints" / "latest.pt", weights_only=False)["model"]
+    for key, value in before.items():
+        if value.is_floating_point() and "running" not in key:  # BatchNorm statistics keep updating
+            assert torch.equal(value, after[key]), key
+    bad = load_config(CONFIG, tiny_overrides(store, tmp_path / "bad", **{"train.init_checkpoint": str(ckpt),
+                                                                         "model.num_anchors": 4}))
+    with pytest.raises(ConfigError, match="train.init_checkpoint"):
+        train(bad, progress=False)

@@ -135,6 +135,9 @@ class TrainConfig:
     eval_every: int = 0  # steps; 0 evaluates at the end only
     checkpoint_every: int = 0  # steps; 0 saves at epoch ends only
     on_nonfinite: str = "stop"  # "stop" | "skip"
+    # start from the model weights of this checkpoint (fine-tuning); optimizer, queues and data
+    # position start fresh. Ignored when resuming (--resume restores everything).
+    init_checkpoint: str = ""
     # DAVEnet's BatchNorm normalises with each rank's statistics (as the reference's DataParallel
     # replicas did); true makes them global-batch statistics under DDP (CUDA only: SyncBatchNorm)
     sync_batchnorm: bool = False

@@ -25,8 +25,11 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", use_ema:
             raise DataFormatError(f"{path}: checkpoint has no field 'ema' (train with train.ema_decay > 0)")
         prefix = "module."
         weights = {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise DataFormatError(f"{path}: field 'model' does not match the configured model "
-                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        problem = f"missing {missing[:5]}, unexpected {unexpected[:5]}" if missing or unexpected else ""
+    except RuntimeError as err:  # shape mismatches
+        problem = str(err).splitlines()[-1].strip()
+    if problem:
+        raise DataFormatError(f"{path}: field 'model' does not match the configured model ({problem})")
     return model.to(device).eval(), cfg

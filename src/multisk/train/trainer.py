@@ -171,6 +171,18 @@ def _train(cfg: Config, ctx: DistributedContext, *, resume: Optional[str], progr
         restore_rng_state(state["rng"][ctx.rank] if isinstance(state["rng"], list) else state["rng"])
     elif resume and resume != "latest":
         raise FileNotFoundError(f"{resume}: checkpoint not found")
+    elif cfg.train.init_checkpoint:
+        init = load_checkpoint(cfg.train.init_checkpoint, map_location=device)
+        try:
+            missing, unexpected = model.load_state_dict(init["model"], strict=False)
+            problem = f"missing {missing[:5]}, unexpected {unexpected[:5]}" if missing or unexpected else ""
+        except RuntimeError as err:  # shape mismatches
+            problem = str(err).splitlines()[-1].strip()
+        if problem:
+            raise ConfigError(f"train.init_checkpoint: {cfg.train.init_checkpoint} does not match the configured "
+                              f"model ({problem})")
+        if ema is not None:  # the average starts from the loaded weights, not the random ones
+            ema = type(ema)(model, multi_avg_fn=ema.multi_avg_fn, use_buffers=True)
 
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
