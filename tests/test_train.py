@@ -136,3 +136,25 @@ def test_init_checkpoint_starts_fine_tuning_from_the_given_weights(store, tmp_pa
                                                                          "model.num_anchors": 4}))
     with pytest.raises(ConfigError, match="train.init_checkpoint"):
         train(bad, progress=False)
+
+
+def test_train_on_the_howto100m_layout(tmp_path):
+    from test_data_formats import write_howto_fixture, write_word2vec_binary
+
+    fx = write_howto_fixture(tmp_path / "howto")
+    vectors = tmp_path / "w2v.bin"
+    kv = write_word2vec_binary(vectors)
+    overrides = [
+        "data.train_format=howto100m", f"data.howto_csv={fx['csv']}", f"data.howto_features_path={fx['features']}",
+        f"data.howto_audio_path={fx['audio']}", f"data.howto_caption_path={fx['captions']}",
+        f"data.word_vectors={vectors}", "data.clips_per_video=4", "data.eval_splits=[]",
+        "data.max_video_tokens=12", "data.max_audio_frames=768",
+        f"model.text_dim={kv.vector_size}", "model.video_dim=4096", "model.embed_dim=32", "model.num_heads=4",
+        "model.projection_dim=24", "model.num_anchors=8", "model.audio_width_divisor=32",
+        "loss.sspc.queue_size=8", "loss.sspc.warmup=none", "train.batch_size=2", "train.epochs=3",
+        "train.log_every=1", f"train.output_dir={tmp_path / 'run'}",
+    ]
+    results = train(load_config(CONFIG, overrides), progress=False)
+    assert results["steps"] == 3  # 2 videos x 4 clips = one 8-clip batch per epoch
+    losses = _losses(tmp_path / "run")
+    assert sorted(losses) == [1, 2, 3] and all(torch.isfinite(torch.tensor(list(losses.values()))))

@@ -248,6 +248,8 @@ def _train(cfg: Config, ctx: DistributedContext, *, resume: Optional[str], progr
     skipped = 0
     done = global_step >= total_steps
     while not done and epoch < cfg.train.epochs:
+        if hasattr(dataset, "set_epoch"):  # HowTo100M draws new clips every epoch, reproducibly
+            dataset.set_epoch(epoch)
         loader = DataLoader(dataset, batch_sampler=sampler_for(epoch, batch_in_epoch), collate_fn=collate,
                             num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
         for batch in loader:
