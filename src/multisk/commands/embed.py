@@ -39,7 +39,7 @@ def run_embed(args: argparse.Namespace) -> int:
     model, cfg = load_model(args.checkpoint, device=device)
     dataset = store_dataset(cfg, args.data, args.split)
     emb = embed_dataset(model, dataset, device=device, batch_size=args.batch_size)
-    spec = text_encoder_spec(read_manifest(args.data), args.split)
+    spec = text_encoder_spec(read_manifest(args.data), args.split, cfg.data.modality_map.get("text", "text"))
     path = save_index(args.out, emb, dataset.store.items, checkpoint=str(Path(args.checkpoint).resolve()), text_encoder=spec)
     print(f"wrote {path}: {len(dataset)} items, embeddings {sorted(emb['joint'])}")
     return 0

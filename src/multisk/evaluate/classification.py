@@ -11,8 +11,14 @@ import torch
 from multisk.metrics.classification import zero_shot_classification
 
 
-def text_encoder_spec(manifest: Mapping[str, Any], split: str) -> Optional[Dict[str, Any]]:
-    """How the store's text tokens were made (recorded by the preparers), or None if unknown."""
+def text_encoder_spec(manifest: Mapping[str, Any], split: str, store_text_modality: str = "text") -> Optional[Dict[str, Any]]:
+    """How the store's ``text`` tokens were made (recorded by the preparers), or None if unknown.
+
+    The record describes the store modality ``text`` only: a model fed another text modality (e.g.
+    ``text_minilm`` through data.modality_map) gets None, so nothing embeds queries the wrong way.
+    """
+    if store_text_modality != "text":
+        return None
     split_info = manifest.get("splits", {}).get(split, {})
     return split_info.get("text_encoder") or manifest.get("text_encoder")
 
@@ -25,6 +31,11 @@ def embed_texts(model, names, spec: Mapping[str, Any], *, device, text_dim: int)
     from multisk.data.word_vectors import load_word_vectors
 
     kv = load_word_vectors(spec["name"])
+    if kv.vector_size != text_dim:
+        from multisk.errors import DataFormatError
+
+        raise DataFormatError(f"text_encoder {spec['name']!r}: {kv.vector_size}-d word vectors, but the model "
+                              f"expects model.text_dim={text_dim}")
     rows = [encode_text(kv, name.replace("_", " "), max_words=int(spec.get("max_words", 20)),
                         lowercase=bool(spec.get("lowercase", False))) for name in names]
     length = max(1, max(r.shape[0] for r in rows))
@@ -49,7 +60,7 @@ def classify_by_category(model, dataset, embeddings: Mapping[str, Any], manifest
     """Top-1/top-5 accuracy of picture (video) embeddings against category names; None when the split
     has fewer than two categories, no text encoder record, or no video modality."""
     items = dataset.store.items
-    spec = text_encoder_spec(manifest, dataset.store.split)
+    spec = text_encoder_spec(manifest, dataset.store.split, dataset.modality_map.get("text", "text"))
     if not items or spec is None or "video" not in embeddings["joint"] or "text" not in embeddings["joint"]:
         return None
     categories = [item.get("category") for item in items]
