@@ -227,10 +227,13 @@ def _train(cfg: Config, ctx: DistributedContext, *, resume: Optional[str], progr
             "config": config_to_dict(cfg),
         }
 
+    saved_at_step = [-1]  # decided from values every rank shares, never from files (multi-node safe)
+
     def save(name: str) -> None:
         state = checkpoint_state()  # collective under DDP: every rank calls it
         if ctx.is_main:
             save_checkpoint(state, out / "checkpoints" / name)
+        saved_at_step[0] = global_step
 
     def run_eval(keep_embeddings: bool = False) -> Dict[str, Any]:
         from multisk.evaluate.pipeline import evaluate_model
@@ -308,7 +311,7 @@ def _train(cfg: Config, ctx: DistributedContext, *, resume: Optional[str], progr
             batch_in_epoch = 0
             save(f"epoch_{epoch}.pt")
     bar.close()
-    if not (out / "checkpoints" / "latest.pt").exists() or batch_in_epoch:
+    if saved_at_step[0] != global_step:  # the run ended off an epoch boundary (or resumed with nothing to do)
         save(f"step_{global_step}.pt")
 
     results: Dict[str, Any] = {"steps": global_step, "skipped_batches": skipped}
