@@ -290,3 +290,18 @@ def test_check_finite_false_propagates_nan_without_raising():
     targets = multi_sinkhorn(scores, 2, check_finite=False)
     assert torch.isfinite(targets[0]).all() and torch.isnan(targets[1]).any()
     assert torch.isnan(sinkhorn(scores, check_finite=False)[1]).any()
+
+
+@pytest.mark.parametrize("eps, n_assign", [(0.02, 31), (0.005, 16), (0.07, 16)])
+def test_cpu_fast_path_and_its_log_domain_hand_over_match_the_literal_formulation(eps, n_assign):
+    # small ε drives the exp-domain CPU path into handing its state to the log-domain loop (at the
+    # start, or part-way through the iterations); every route must give the literal result
+    from multisk.sinkhorn import multi_sinkhorn, multi_sinkhorn_reference
+
+    gen = torch.Generator().manual_seed(3)
+    scores = torch.rand(2, 60, 32, generator=gen, dtype=torch.float64) * 2 - 1
+    expected = multi_sinkhorn_reference(scores, n_assign, eps=eps, n_iters=20)
+    got64 = multi_sinkhorn(scores, n_assign, eps=eps, n_iters=20)
+    torch.testing.assert_close(got64, expected.float(), atol=1e-6, rtol=0)
+    got32 = multi_sinkhorn(scores.float(), n_assign, eps=eps, n_iters=20)
+    torch.testing.assert_close(got32, expected.float(), atol=2e-3, rtol=0)

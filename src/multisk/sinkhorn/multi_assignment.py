@@ -30,6 +30,12 @@ by ``c_n = min(max_k x + τ, 0)`` and ``σ(x) = σ(x − c_n) · e^{c_n}`` holds
 carried in log form (``log s = log Σ σ(x − c_n) + c_n``).  Column sums of row-normalised values are
 clamped at the smallest normal number, which is reached only if every row gives an anchor less than
 1e-38 of its mass (not reached for |S| ≤ 1, ε ≥ 0.005 in our tests).
+
+CPU fast path.  On CPU without a process group the iterations run in the exp domain
+(``_exp_domain_iterations``: ``σ(x)/a = 1/(G + a)``, ``σ(−x) = G/(G + a)`` with ``G = e^{−x_cols}``,
+``a = e^{row potential}``), with no transcendental over (B, N, K) in the loop, while exact bounds show
+every quantity stays a normal number; otherwise (small ε, NaN scores) it hands its state to the
+log-domain loop above, at the start or mid-run.  CUDA and sharded rows always use the log domain.
 """
 
 from __future__ import annotations
@@ -106,11 +112,94 @@ def _solve_two_level(problems: torch.Tensor, n_assign: int, eps: float, n_iters:
     # Both levels in one buffer (B, 2, N, K), each level contiguous: the sigmoid and the row sums are
     # one call over both, the column sums one batched (1 × N) @ (N × K) product per level.
     levels = torch.empty(n_problems, 2, n_rows, n_anchors, dtype=dtype, device=problems.device)
+    first_iteration = 0
+    if problems.device.type == "cpu" and process_group is None:
+        first_iteration, row_sums = _exp_domain_iterations(x_cols, levels, n_iters, log_level_ratio, tiny,
+                                                           row_potential)
+        if first_iteration == n_iters:
+            return levels, row_sums
+    return _log_domain_iterations(x_cols, row_potential, levels, first_iteration, n_iters, log_level_ratio,
+                                  shift_threshold, tiny, process_group)
+
+
+def _exp_domain_iterations(x_cols: torch.Tensor, levels: torch.Tensor, n_iters: int, log_level_ratio: float,
+                           tiny: float, row_potential: torch.Tensor):
+    """The iterations in the exp domain (CPU, single process): no transcendental over (B, N, K) inside.
+
+    State: ``G = exp(−x_cols)`` (B, N, K, in the x_cols buffer) and ``a = exp(row_potential)`` (B, N),
+    so ``e^x = a / G``, ``σ(x) / a = 1 / (G + a)`` and ``σ(−x) = G / (G + a)``.  The row factor ``a``
+    cancels from the row normalisation, so ``levels[:, 0]`` holds ``σ(x) / a`` and the row sums are of
+    that.  The column update is ``G ← G · C_high / C_low`` and ``a ← (r/m) s_low / Σ_k σ(x)/a``.
+
+    Used only while every quantity provably stays a normal number: exact per-column bounds of log E
+    (initial column max/min plus the accumulated column updates) and the exact log a keep ``|log E|``,
+    ``|log a|`` and ``max log a + max log E`` (``E = 1/G``) within 85% of the dtype's exponent range, so
+    nothing overflows and σ(−x) ≥ e^{−margin}, ``σ(x)/a ≥ min(E, 1/a) / 2`` are normal (an underflowing
+    ``a E`` gives σ(−x) = 1 exactly).  The check is a host read of a few (B, K)/(B, N) vectors per iteration —
+    free on CPU.  When the next state would leave that range (small ε, NaN scores), the state is handed
+    to the log-domain loop as ``x_cols = −log G``, ``row_potential = log a``, in place.
+
+    Returns ``(iteration, row_sums)``: the iteration the log-domain loop must start at (``n_iters`` when
+    done, and then ``levels`` and ``row_sums`` are the final ones).
+    """
+    n_problems, n_rows, n_anchors = x_cols.shape
+    finfo = torch.finfo(x_cols.dtype)
+    safe = 0.85 * min(math.log(finfo.max), -math.log(finfo.tiny))  # 74 in float32, 602 in float64
+    col_max = x_cols.amax(dim=1)  # (B, K): bounds of log E per column, exact up to rounding
+    col_min = x_cols.amin(dim=1)
+    log_a = row_potential  # zeros
+
+    def in_range(col_max, col_min, log_a) -> bool:
+        bound = torch.stack([col_max.amax(), -col_min.amin(), log_a.amax(), -log_a.amin(),
+                             (col_max.amax(dim=1) + log_a.amax(dim=1)).amax()])
+        return bool((bound <= safe).all())  # False for NaN
+
+    if not in_range(col_max, col_min, log_a):
+        return 0, None
+    inv_exp_cols = x_cols.neg_().exp_()  # G = 1/E = e^{−x_cols}, in the x_cols buffer
+    row_factor = log_a.exp()  # a
     levels_high, levels_low = levels[:, 0], levels[:, 1]
     levels_by_problem_level = levels.view(n_problems * 2, n_rows, n_anchors)
     levels_as_rows = levels.view(n_problems * 2 * n_rows, n_anchors)
-    ones_over_anchors = torch.ones(n_anchors, dtype=dtype, device=problems.device)
+    ones_over_anchors = torch.ones(n_anchors, dtype=x_cols.dtype, device=x_cols.device)
     for iteration in range(n_iters):
+        # σ(x) / a = 1 / (G + a) and σ(−x) = G / (G + a); then the row sums (step 3).
+        torch.add(inv_exp_cols, row_factor.unsqueeze(2), out=levels_high)
+        levels_high.reciprocal_()
+        torch.mul(inv_exp_cols, levels_high, out=levels_low)
+        row_sums = torch.mv(levels_as_rows, ones_over_anchors).view(n_problems, 2, n_rows)
+        if iteration == n_iters - 1:
+            return n_iters, row_sums
+        # Step 1: column sums of the row-normalised levels (a cancels), then step 2.
+        row_weights = row_sums.reciprocal().view(n_problems * 2, 1, n_rows)
+        col_sums = torch.bmm(row_weights, levels_by_problem_level).view(n_problems, 2, n_anchors)
+        log_col_sums = col_sums.clamp_(min=tiny).log_()
+        log_col_update = log_col_sums[:, 1] - log_col_sums[:, 0]
+        log_row_sums = row_sums.log()
+        log_a = log_row_sums[:, 1] - log_row_sums[:, 0] + log_level_ratio
+        col_max += log_col_update
+        col_min += log_col_update
+        if not in_range(col_max, col_min, log_a):
+            # Hand over to the log domain: x = log a + log E + (column update).
+            x_cols.log_().neg_().add_(log_col_update.unsqueeze(1))
+            row_potential.copy_(log_a)
+            return iteration + 1, None
+        inv_exp_cols.mul_(log_col_update.neg().exp_().unsqueeze(1))
+        row_factor = log_a.exp()
+    return n_iters, None  # n_iters == 0 does not occur (n_iters ≥ 1)
+
+
+def _log_domain_iterations(x_cols: torch.Tensor, row_potential: torch.Tensor, levels: torch.Tensor,
+                           first_iteration: int, n_iters: int, log_level_ratio: float, shift_threshold: float,
+                           tiny: float, process_group):
+    """Iterations ``first_iteration`` .. ``n_iters − 1`` in the log domain, with the row shifts."""
+    n_problems, n_rows, n_anchors = x_cols.shape
+    dtype = x_cols.dtype
+    levels_high, levels_low = levels[:, 0], levels[:, 1]
+    levels_by_problem_level = levels.view(n_problems * 2, n_rows, n_anchors)
+    levels_as_rows = levels.view(n_problems * 2 * n_rows, n_anchors)
+    ones_over_anchors = torch.ones(n_anchors, dtype=dtype, device=x_cols.device)
+    for iteration in range(first_iteration, n_iters):
         # Step 3 (samples): row sums of σ(±x), with the exact underflow shift per row.
         cols_max = x_cols.amax(dim=2)  # (torch.aminmax is several times slower on CPU)
         cols_min = x_cols.amin(dim=2)
