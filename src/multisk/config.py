@@ -156,8 +156,10 @@ class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
 
-def _check(cfg: Config) -> None:
-    m = cfg.model
+def validate_model_config(m: ModelConfig) -> None:
+    """Checks shared by :func:`load_config` and models built from a hand-made ModelConfig."""
+    if not m.modalities:
+        raise ConfigError("model.modalities: at least one modality is required")
     if m.variant not in ("per_modality", "everything_at_once"):
         raise ConfigError(f"model.variant: expected 'per_modality' or 'everything_at_once', got {m.variant!r}")
     for name in m.modalities:
@@ -167,6 +169,10 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"model.audio_encoder: expected 'davenet_v1' or 'davenet_v2', got {m.audio_encoder!r}")
     if m.embed_dim % m.num_heads:
         raise ConfigError(f"model.num_heads: {m.num_heads} does not divide model.embed_dim {m.embed_dim}")
+
+
+def _check(cfg: Config) -> None:
+    validate_model_config(cfg.model)
     s = cfg.loss.sspc
     if s.solver not in ("multi", "classic"):
         raise ConfigError(f"loss.sspc.solver: expected 'multi' or 'classic', got {s.solver!r}")
@@ -236,5 +242,5 @@ def config_from_dict(data: Dict[str, Any]) -> Config:
 __all__ = [
     "MODALITIES", "MISSING", "Config", "ConfigError", "ContrastiveConfig", "DataConfig", "LossConfig",
     "ModelConfig", "SSPCConfig", "TrainConfig", "config_from_dict", "config_to_dict", "config_to_yaml",
-    "load_config",
+    "load_config", "validate_model_config",
 ]

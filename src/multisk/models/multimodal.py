@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multisk.config import MODALITIES, ConfigError, ModelConfig
+from multisk.config import MODALITIES, ConfigError, ModelConfig, validate_model_config
 from multisk.errors import DataFormatError
 from multisk.models.anchors import AnchorHeads
 from multisk.models.davenet import DAVEnet, build_audio_encoder
@@ -70,15 +70,7 @@ class MultiModalModel(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        if not cfg.modalities:
-            raise ConfigError("model.modalities: at least one modality is required")
-        for name in cfg.modalities:
-            if name not in MODALITIES:
-                raise ConfigError(f"model.modalities: unknown modality {name!r} (known: {', '.join(MODALITIES)})")
-        if cfg.variant not in ("per_modality", "everything_at_once"):
-            raise ConfigError(f"model.variant: expected 'per_modality' or 'everything_at_once', got {cfg.variant!r}")
-        if cfg.embed_dim % cfg.num_heads:
-            raise ConfigError(f"model.num_heads: {cfg.num_heads} does not divide model.embed_dim {cfg.embed_dim}")
+        validate_model_config(cfg)
         self.cfg = cfg
         self.variant = cfg.variant
         self.modalities: Tuple[str, ...] = tuple(m for m in MODALITIES if m in cfg.modalities)
