@@ -9,7 +9,7 @@ import sys
 from typing import List, Optional
 
 # module name under multisk.commands, in the order shown by --help
-COMMAND_MODULES = ("demo", "model", "data", "train", "evaluate", "embed")
+COMMAND_MODULES = ("demo", "model", "data", "train", "evaluate", "baseline", "embed")
 
 
 def build_parser() -> argparse.ArgumentParser:
