@@ -13,7 +13,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import multisk.sinkhorn as sinkhorn_package
 from multisk.config import ConfigError, ContrastiveConfig, LossConfig, ModelConfig, SSPCConfig
 from multisk.losses import (
     CombinatorialContrastiveLoss,
@@ -58,25 +57,6 @@ def literal_classic_sinkhorn(scores: torch.Tensor, eps: float, n_iters: int):
         q = q / q.sum(dim=0, keepdim=True) / k
         q = q / q.sum(dim=1, keepdim=True) / n
     return q * n
-
-
-@pytest.fixture(autouse=True)
-def _solvers_available(monkeypatch):
-    """The losses call multisk.sinkhorn.{multi_sinkhorn, sinkhorn}; where the solver package does not
-    export them (yet), stand in the literal solvers so the loss logic stays testable."""
-    if not hasattr(sinkhorn_package, "multi_sinkhorn"):
-        def stand_in(scores, n_assign, eps=0.07, n_iters=20, *, low_scale=0.25, process_group=None):
-            flat = scores.reshape(-1, *scores.shape[-2:])
-            out = [literal_multi_sinkhorn(p, n_assign, eps, n_iters, low_scale) for p in flat]
-            return torch.stack(out).float().reshape(scores.shape)
-
-        monkeypatch.setattr(sinkhorn_package, "multi_sinkhorn", stand_in, raising=False)
-    if not hasattr(sinkhorn_package, "sinkhorn"):
-        def stand_in_classic(scores, eps=0.05, n_iters=3, *, process_group=None):
-            flat = scores.reshape(-1, *scores.shape[-2:])
-            return torch.stack([literal_classic_sinkhorn(p, eps, n_iters) for p in flat]).float().reshape(scores.shape)
-
-        monkeypatch.setattr(sinkhorn_package, "sinkhorn", stand_in_classic, raising=False)
 
 
 # ----------------------------------------------------------------------------------------------------

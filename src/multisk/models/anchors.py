@@ -8,8 +8,9 @@ For every modality m there are two sets, each a (K × dim) matrix used row-L2-no
 * joint-space anchors ``Ẑ_m`` (K × projection_dim) for any normalised joint embedding.
 
 ``scores(x, Z) = x · n(Z)ᵀ`` with ``n`` the row-wise L2 normalisation; for unit rows ``x`` the scores
-are cosine similarities in [-1, 1]. They are computed in float32 with autocast off: Multi-SK divides
-them by a small ε (0.07), which would amplify bf16 rounding (≈ 4e-3) to ≈ 0.06 in the exponent.
+are cosine similarities in [-1, 1]. They are computed in IEEE float32 (autocast off, TF32 off:
+:func:`multisk.sinkhorn.precision.exact_float32`): Multi-SK divides them by a small ε (0.07), which
+would amplify bf16 rounding (≈ 4e-3) to ≈ 0.06 in the exponent, TF32's (≈ 5e-4) to ≈ 7e-3.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multisk.models.layers import autocast_disabled
+from multisk.sinkhorn.precision import exact_float32
 
 
 def anchor_scores(x: Tensor, anchors: Tensor) -> Tensor:
-    """``x · n(anchors)ᵀ`` in float32. ``x`` (N, dim), ``anchors`` (K, dim) → (N, K)."""
-    with autocast_disabled(x.device):
+    """``x · n(anchors)ᵀ`` in IEEE float32. ``x`` (N, dim), ``anchors`` (K, dim) → (N, K)."""
+    with exact_float32(x.device):
         return x.to(torch.float32) @ F.normalize(anchors.to(torch.float32), dim=1).t()
 
 

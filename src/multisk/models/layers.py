@@ -10,12 +10,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from multisk.sinkhorn.precision import autocast_disabled  # re-exported: the model's float32 islands
 
 LAYER_NORM_EPS = 1e-6  # the EAO reference uses eps=1e-6 for every LayerNorm
 
@@ -131,13 +132,6 @@ def masked_mean(tokens: Tensor, mask: Tensor) -> Tensor:
         total = torch.bmm(weights.unsqueeze(1), tokens.to(torch.float32)).squeeze(1)
         count = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
         return total / count
-
-
-def autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
-    """A context in which autocast is off for ``device`` (so float32 math stays float32)."""
-    if device.type in ("cpu", "cuda", "xpu", "mps"):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 __all__ = [

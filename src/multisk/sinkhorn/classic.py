@@ -13,6 +13,8 @@ from typing import Tuple
 
 import torch
 
+from multisk.sinkhorn.precision import exact_float32
+
 __all__ = ["sinkhorn"]
 
 
@@ -132,9 +134,10 @@ def sinkhorn(
     _check_eps_iters(eps, n_iters)
     eps, n_iters = float(eps), int(n_iters)
     dtype = _compute_dtype(scores)
-    problems, batch_shape = _as_problems(scores, dtype)
-    log_q = problems / eps  # fresh tensor (B, N, K)
-    for _ in range(n_iters):
-        log_q -= _logsumexp_over_rows(log_q, process_group).unsqueeze(1)  # anchors: Σ_n Q ∝ 1
-        log_q -= torch.logsumexp(log_q, dim=2, keepdim=True)  # samples: Σ_k Q = 1
-    return log_q.exp_().to(torch.float32).reshape(*batch_shape, *problems.shape[1:])
+    with exact_float32(scores.device):  # identical inside and outside autocast
+        problems, batch_shape = _as_problems(scores, dtype)
+        log_q = problems / eps  # fresh tensor (B, N, K)
+        for _ in range(n_iters):
+            log_q -= _logsumexp_over_rows(log_q, process_group).unsqueeze(1)  # anchors: Σ_n Q ∝ 1
+            log_q -= torch.logsumexp(log_q, dim=2, keepdim=True)  # samples: Σ_k Q = 1
+        return log_q.exp_().to(torch.float32).reshape(*batch_shape, *problems.shape[1:])

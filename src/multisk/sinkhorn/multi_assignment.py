@@ -41,7 +41,7 @@ log-domain loop above, at the start or mid-run.  CUDA and sharded rows always us
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -55,6 +55,7 @@ from multisk.sinkhorn.classic import (
     _is_real,
     _logsumexp_over_rows,
 )
+from multisk.sinkhorn.precision import exact_float32
 
 __all__ = ["TwoLevelPlan", "multi_sinkhorn", "multi_sinkhorn_reference", "multi_sinkhorn_two_level"]
 
@@ -246,6 +247,42 @@ def _problem_chunks(problems: torch.Tensor, process_group) -> List[slice]:
     return [slice(start, start + size) for start in range(0, n_problems, size)]
 
 
+def _multi_sk(scores, n_assign, eps, n_iters, low_scale, process_group, check_finite: bool,
+              outputs: int, all_high: Callable, write_chunk: Callable) -> Tuple[torch.Tensor, ...]:
+    """The one driver behind :func:`multi_sinkhorn` and :func:`multi_sinkhorn_two_level`.
+
+    Checks the arguments, then, with autocast and TF32 off (:func:`exact_float32`: the solver divides
+    scores by ε, so bf16 or TF32 rounding would be amplified ~1/ε), casts ``scores`` (..., N, K) to
+    the compute dtype as (B, N, K) ``problems`` and solves them chunk by chunk.
+
+    ``all_high(problems, n_assign)`` returns the result when r = K (no low level, nothing to iterate);
+    otherwise ``outputs`` (B, N, K) buffers of the compute dtype are allocated and
+    ``write_chunk(buffers, chunk, levels, row_sums, n_assign)`` fills each chunk's rows of them from
+    :func:`_solve_two_level`'s state.  Returns ``all_high``'s result or the buffers, reshaped like ``scores``.
+    """
+    _check_multi_args(scores, n_assign, eps, n_iters, low_scale, check_finite)
+    n_assign, n_iters, eps, low_scale = int(n_assign), int(n_iters), float(eps), float(low_scale)
+    with exact_float32(scores.device):
+        problems, _ = _as_problems(scores, _compute_dtype(scores))
+        if n_assign == scores.shape[-1]:
+            return tuple(result.reshape(scores.shape) for result in all_high(problems, n_assign))
+        buffers = tuple(torch.empty_like(problems) for _ in range(outputs))
+        for chunk in _problem_chunks(problems, process_group):
+            levels, row_sums = _solve_two_level(problems[chunk], n_assign, eps, n_iters, low_scale, process_group)
+            write_chunk(buffers, chunk, levels, row_sums, n_assign)
+    return tuple(buffer.reshape(scores.shape) for buffer in buffers)
+
+
+def _write_two_level(buffers, chunk, levels, row_sums, n_assign) -> None:
+    low, high = buffers
+    torch.div(levels[:, 0], row_sums[:, 0].unsqueeze(2), out=high[chunk])
+    torch.div(levels[:, 1], row_sums[:, 1].unsqueeze(2), out=low[chunk])
+
+
+def _write_targets(buffers, chunk, levels, row_sums, n_assign) -> None:
+    buffers[0][chunk] = _row_min_max(levels[:, 0], row_sums[:, 0], n_assign)
+
+
 @torch.no_grad()
 def multi_sinkhorn_two_level(
     scores: torch.Tensor,
@@ -263,19 +300,15 @@ def multi_sinkhorn_two_level(
     Exposed so the constraints can be checked: each level's rows sum to 1 exactly (the last step);
     at convergence also ``Σ_n A_μ = N/K``, ``(K−r)·low + r·high = 1`` and ``high ≤ 1/r``.
     """
-    _check_multi_args(scores, n_assign, eps, n_iters, low_scale, check_finite)
-    n_assign, n_iters, eps, low_scale = int(n_assign), int(n_iters), float(eps), float(low_scale)
-    problems, _ = _as_problems(scores, _compute_dtype(scores))
-    n_low = scores.shape[-1] - n_assign
-    if n_low == 0:
-        # Only high levels: step 2 sets every entry to 1/K, and steps 3 and 1 keep it there.
-        return TwoLevelPlan(None, torch.full_like(problems, 1.0 / n_assign).reshape(scores.shape), 0, n_assign)
-    low, high = torch.empty_like(problems), torch.empty_like(problems)
-    for chunk in _problem_chunks(problems, process_group):
-        levels, row_sums = _solve_two_level(problems[chunk], n_assign, eps, n_iters, low_scale, process_group)
-        torch.div(levels[:, 0], row_sums[:, 0].unsqueeze(2), out=high[chunk])
-        torch.div(levels[:, 1], row_sums[:, 1].unsqueeze(2), out=low[chunk])
-    return TwoLevelPlan(low.reshape(scores.shape), high.reshape(scores.shape), n_low, n_assign)
+    # Only high levels (r = K): step 2 sets every entry to 1/K, and steps 3 and 1 keep it there.
+    result = _multi_sk(scores, n_assign, eps, n_iters, low_scale, process_group, check_finite, outputs=2,
+                       all_high=lambda problems, r: (torch.full_like(problems, 1.0 / r),),
+                       write_chunk=_write_two_level)
+    n_assign = int(n_assign)
+    if len(result) == 1:
+        return TwoLevelPlan(None, result[0], 0, n_assign)
+    low, high = result
+    return TwoLevelPlan(low, high, scores.shape[-1] - n_assign, n_assign)
 
 
 @torch.no_grad()
@@ -297,7 +330,8 @@ def multi_sinkhorn(
     ``P[n, k] = Σ_{μ > K−r} A[μ, n, k]`` is min-max normalised per row.  Solved exactly in the
     two-level form (memory O(N·K) per problem) with log-domain potentials, no host synchronisation
     inside the iterations.  A degenerate row (all P equal) returns P itself, clamped to [0, 1]
-    (r/K for a uniform row; all ones when r = K).
+    (r/K for a uniform row; all ones when r = K).  Runs in IEEE float32 (or float64) whatever the
+    caller's autocast or TF32 settings: the result inside ``torch.autocast`` equals the result outside.
 
     Args:
         scores: (..., N, K) scores S, any float dtype, CPU or CUDA (float16/bfloat16/float32 are
@@ -316,16 +350,10 @@ def multi_sinkhorn(
     Returns:
         (..., N, K) float32 targets in [0, 1].
     """
-    _check_multi_args(scores, n_assign, eps, n_iters, low_scale, check_finite)
-    n_assign, n_iters, eps, low_scale = int(n_assign), int(n_iters), float(eps), float(low_scale)
-    if n_assign == scores.shape[-1]:
-        return torch.ones(scores.shape, dtype=torch.float32, device=scores.device)  # P ≡ 1, degenerate rows
-    problems, _ = _as_problems(scores, _compute_dtype(scores))
-    targets = torch.empty(problems.shape, dtype=torch.float32, device=problems.device)
-    for chunk in _problem_chunks(problems, process_group):
-        levels, row_sums = _solve_two_level(problems[chunk], n_assign, eps, n_iters, low_scale, process_group)
-        targets[chunk] = _row_min_max(levels[:, 0], row_sums[:, 0], n_assign)
-    return targets.reshape(scores.shape)
+    (targets,) = _multi_sk(scores, n_assign, eps, n_iters, low_scale, process_group, check_finite, outputs=1,
+                           all_high=lambda problems, r: (torch.ones_like(problems),),  # P ≡ 1, degenerate rows
+                           write_chunk=_write_targets)
+    return targets.to(torch.float32)
 
 
 def _row_min_max(high: torch.Tensor, row_sum: torch.Tensor, n_assign: int) -> torch.Tensor:
