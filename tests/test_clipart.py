@@ -54,6 +54,16 @@ def write_png(path: Path, colour, transparent: bool = False) -> None:
     image.save(path)
 
 
+def write_svg_picture(path: Path, colour) -> None:
+    """The SVG twin of :func:`write_png`'s transparent picture: a 48 x 32 canvas, filled rectangle."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" width="48" height="32" viewBox="0 0 48 32">'
+        f'<rect x="10" y="8" width="20" height="16" fill="rgb{tuple(colour)}"/></svg>',
+        encoding="utf-8",
+    )
+
+
 def write_sound(path: Path, seconds: float, rate: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     t = np.arange(int(seconds * rate)) / rate
@@ -92,6 +102,10 @@ def fake_sources(tmp_path) -> ClipartSources:
     ]:
         write_png(stamps / f"{rel}.png", colour)
         (stamps / f"{rel}.txt").write_text(f"{caption}\nfr.utf8=Une chose.\n", encoding="utf-8")
+    # a stamp that ships only as SVG (used), and one with both a PNG and an SVG (the PNG is used)
+    write_svg_picture(stamps / "vehicles/car.svg", (200, 30, 30))
+    (stamps / "vehicles/car.txt").write_text("A red car.\n", encoding="utf-8")
+    write_svg_picture(stamps / "food/banana.svg", (0, 0, 255))
     write_sound(stamps / "animals/frog.ogg", 0.4, 44100)
     write_sound(stamps / "animals/frog_desc.ogg", 0.3, 44100)
     write_sound(stamps / "food/banana_desc.ogg", 0.2, 22050)
@@ -106,7 +120,8 @@ def fake_sources(tmp_path) -> ClipartSources:
     return sources
 
 
-SMALL = ClipartSettings(openclipart_train=3, openclipart_test=2, image_size=64, asterisk_test_fraction=0.4)
+SMALL = ClipartSettings(openclipart_train=3, openclipart_val=1, openclipart_test=2, image_size=64,
+                        asterisk_test_fraction=0.4)
 
 
 def check_store(root: Path, summary: dict) -> dict:
@@ -141,14 +156,36 @@ def check_store(root: Path, summary: dict) -> dict:
 
 def test_prepare_clipart_on_fake_media(fake_sources, tmp_path, monkeypatch):
     root = tmp_path / "clipart"
-    summary = prepare_clipart(root, install=False, settings=SMALL, sources=fake_sources, progress=False)
-    # OpenClipArt: 7 pictures, at most 2 per title ("gramastar" x3 -> 2): 6 in the pool, 2 test + 3 train
-    assert summary["splits"] == {"train": 3 + 3, "test_in_domain": 2, "test_out_of_domain": 3, "test_audio": 2}
+    summary = prepare_clipart(root, settings=SMALL, sources=fake_sources, progress=False)
+    # OpenClipArt: 7 pictures, at most 2 per title ("gramastar" x3 -> 2): 6 in the pool, 2 test + 1 val + 3 train
+    assert summary["splits"] == {
+        "train": 3 + 3, "val": 1, "test_in_domain": 2, "test_out_of_domain": 4, "test_audio": 2
+    }
     stores = check_store(root, summary)
+    manifest = read_manifest(root)
+    assert {s: manifest["splits"][s]["role"] for s in SPLITS} == {
+        "train": "train", "val": "validation", "test_in_domain": "test", "test_out_of_domain": "test",
+        "test_audio": "test",
+    }
+    assert manifest["splits"]["val"]["settings"]["openclipart_val"] == 1
+    # validation pictures come from the training source and are in no other split
+    val_files = {item["file"] for item in stores["val"].items}
+    assert {item["source"] for item in stores["val"].items} == {"openclipart"}
+    other = {item["file"] for split in ("train", "test_in_domain") for item in stores[split].items}
+    assert len(val_files) == 1 and not val_files & other
 
     tux = stores["test_out_of_domain"]
     by_file = {item["file"]: i for i, item in enumerate(tux.items)}
-    assert set(by_file) == {"animals/frog", "animals/frog-1", "food/banana"}  # symbols/ left out
+    assert set(by_file) == {"animals/frog", "animals/frog-1", "food/banana", "vehicles/car"}  # symbols/ left out
+    # the SVG-only stamp is rasterised; a stamp with both keeps its PNG
+    car = by_file["vehicles/car"]
+    assert tux.items[car]["path"].endswith("car.svg") and tux.items[car]["caption"] == "A red car."
+    assert tux.items[car]["audio_parts"] == [] and not tux.has("audio", car)
+    assert tux.items[by_file["food/banana"]]["path"].endswith("banana.png")
+    from multisk.data.image_features import PictureEncoder, load_picture
+
+    reference = PictureEncoder(image_size=64).encode_arrays([load_picture(tux.items[car]["path"], 64)])[0]
+    np.testing.assert_allclose(tux.tokens("video", car).astype(np.float32), reference, rtol=1e-2, atol=1e-2)
     frog, frog1, banana = by_file["animals/frog"], by_file["animals/frog-1"], by_file["food/banana"]
     assert tux.items[frog]["group"] == tux.items[frog1]["group"] != tux.items[banana]["group"]
     assert tux.items[frog]["audio_parts"] == ["sound", "speech"] and tux.items[frog1]["audio_parts"] == []
@@ -181,18 +218,18 @@ def test_prepare_clipart_on_fake_media(fake_sources, tmp_path, monkeypatch):
         return original(self, pictures, grid)
 
     monkeypatch.setattr(PictureEncoder, "encode_arrays", counting)
-    prepare_clipart(root, install=False, settings=SMALL, sources=fake_sources, progress=False)
+    prepare_clipart(root, settings=SMALL, sources=fake_sources, progress=False)
     assert encoded == []
     assert {s: read_manifest(root)["splits"][s]["files"] for s in SPLITS} == files
     assert sorted(p.name for p in (root / "cache").rglob("*.npy")) == cache_files
     # an interrupted run (two picture entries never written) resumes by encoding just those two
     for entry in sorted((root / "cache" / "video").rglob("*.npy"))[:2]:
         entry.unlink()
-    before = [np.array(stores["test_out_of_domain"].tokens("video", i)) for i in range(3)]
-    prepare_clipart(root, install=False, settings=SMALL, sources=fake_sources, progress=False)
+    before = [np.array(stores["test_out_of_domain"].tokens("video", i)) for i in range(4)]
+    prepare_clipart(root, settings=SMALL, sources=fake_sources, progress=False)
     assert sum(encoded) == 2
     after = FeatureStore(root, "test_out_of_domain")
-    for i in range(3):  # batch composition may change the last bits only
+    for i in range(4):  # batch composition may change the last bits only
         np.testing.assert_allclose(after.tokens("video", i), before[i], rtol=1e-2, atol=1e-2)
 
 
@@ -200,11 +237,11 @@ def test_prepare_clipart_bad_picture(fake_sources, tmp_path):
     bad = fake_sources.tuxpaint_stamps / "food/banana.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16)
     with pytest.raises(DataFormatError, match="banana.png"):
-        prepare_clipart(tmp_path / "a", install=False, settings=SMALL, sources=fake_sources, progress=False)
+        prepare_clipart(tmp_path / "a", settings=SMALL, sources=fake_sources, progress=False)
     summary = prepare_clipart(
-        tmp_path / "b", install=False, skip_bad=True, settings=SMALL, sources=fake_sources, progress=False
+        tmp_path / "b", skip_bad=True, settings=SMALL, sources=fake_sources, progress=False
     )
-    assert summary["splits"]["test_out_of_domain"] == 2
+    assert summary["splits"]["test_out_of_domain"] == 3
     assert [Path(s["file"]).name for s in summary["skipped"]] == ["banana.png"]
     report = json.loads((tmp_path / "b" / "skipped.json").read_text())
     assert "banana.png" in report[0]["file"] and "banana.png" in report[0]["error"]
@@ -219,7 +256,7 @@ def test_missing_packages_message(tmp_path):
         asterisk_transcripts=tmp_path / "none/t.txt.gz",
     )
     with pytest.raises(MissingMediaError) as info:
-        prepare_clipart(tmp_path / "x", install=False, sources=sources)
+        prepare_clipart(tmp_path / "x", sources=sources)
     message = str(info.value)
     assert (
         "apt-get install -y openclipart-png openclipart-svg tuxpaint-stamps-default "
@@ -257,8 +294,9 @@ REAL = ClipartSources()
 @pytest.mark.skipif(bool(REAL.missing_packages()), reason="clipart Debian packages not installed")
 def test_prepare_clipart_real_packages_small(tmp_path):
     root = tmp_path / "clipart"
-    summary = prepare_clipart(root, limit=4, install=False, progress=False)
-    assert summary["splits"] == {"train": 3 + 3, "test_in_domain": 1, "test_out_of_domain": 4, "test_audio": 1}
+    summary = prepare_clipart(root, limit=4, progress=False)
+    # limit 4: OpenClipArt 1 test, 1 val, 2 train; Asterisk 3 train, 1 test; Tux Paint 4
+    assert summary["splits"] == {"train": 2 + 3, "val": 1, "test_in_domain": 1, "test_out_of_domain": 4, "test_audio": 1}
     stores = check_store(root, summary)
     sources = {item["source"] for item in stores["train"].items}
     assert sources == {"openclipart", "asterisk"}

@@ -1,8 +1,8 @@
 """``multisk data``: prepare the embedded benchmark or your own media, convert the field's formats,
 and inspect a feature store.
 
-    multisk data prepare clipart [--root data/clipart] [--limit N] [--skip-bad] [--no-install]
-    multisk data prepare folder PATH --out DIR [--captions CSV] [--split NAME] [--skip-bad]
+    multisk data prepare clipart [--root data/clipart] [--limit N] [--skip-bad] [--no-install] [--no-progress]
+    multisk data prepare folder PATH --out DIR [--captions CSV] [--split NAME] [--skip-bad] [--no-progress]
     multisk data convert {msrvtt,youcook2,howto100m} INPUT --out DIR --word-vectors SPEC [--split NAME] [--skip-bad] ...
     multisk data info ROOT
 """
@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import subprocess
 from typing import Any, Dict
 
 
@@ -26,14 +29,16 @@ def register(subparsers: Any) -> None:
     clipart.add_argument("--limit", type=int, default=None, help="at most N items per source (quick runs)")
     clipart.add_argument("--skip-bad", action="store_true", help="skip unreadable media and report them")
     clipart.add_argument("--no-install", action="store_true", help="do not apt-get the media packages")
+    clipart.add_argument("--no-progress", action="store_true", help="no progress bars")
     clipart.set_defaults(func=_prepare_clipart)
 
-    folder = sources.add_parser("folder", help="your own pictures / videos / sounds")
+    folder = sources.add_parser("folder", help="your own pictures (raster or SVG) / videos / sounds")
     folder.add_argument("path", help="folder of media files")
     folder.add_argument("--out", required=True, help="output feature-store root")
     folder.add_argument("--captions", default=None, help="CSV of captions (see docs/data.md)")
     folder.add_argument("--split", default="test", help="split name (default: test)")
     folder.add_argument("--skip-bad", action="store_true", help="skip unreadable files and report them")
+    folder.add_argument("--no-progress", action="store_true", help="no progress bars")
     folder.set_defaults(func=_prepare_folder)
 
     convert = actions.add_parser("convert", help="convert MSR-VTT / YouCook2 pickles or HowTo100M features")
@@ -81,10 +86,42 @@ def _print_summary(manifest_or_info: Dict[str, Any]) -> None:
     print(json.dumps(manifest_or_info, indent=2, sort_keys=True, ensure_ascii=False, default=str))
 
 
+def ensure_clipart_media(install: bool = True, sources: Any = None) -> None:
+    """Install the clipart benchmark's Debian media packages if they are missing.
+
+    As root with ``install`` (and apt-get present): ``apt-get install -y ...``, with ``apt-get update``
+    first if that fails (a fresh image has no package lists). Otherwise, or if the install fails,
+    :class:`multisk.data.clipart.MissingMediaError` gives the exact line to run.
+    """
+    from multisk.data.clipart import ClipartSources, MissingMediaError, apt_install_line, check_media
+
+    sources = sources or ClipartSources()
+    missing = sources.missing_packages()
+    is_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    if not missing or not (install and is_root and shutil.which("apt-get")):
+        check_media(sources)  # raises with the install line when something is missing
+        return
+    line = apt_install_line(missing)
+    print(f"[data] installing the clipart media packages: {line}", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    result = subprocess.run(line.split(), env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True)
+        result = subprocess.run(line.split(), env=env, capture_output=True, text=True)
+    still = sources.missing_packages()
+    if result.returncode != 0 or still:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
+        raise MissingMediaError(
+            f"clipart benchmark: `{line}` failed (exit {result.returncode}): {' | '.join(tail)}; "
+            f"still missing: {', '.join(still) or 'none'}"
+        )
+
+
 def _prepare_clipart(args: argparse.Namespace) -> int:
     from multisk.data.clipart import prepare_clipart
 
-    summary = prepare_clipart(args.root, limit=args.limit, skip_bad=args.skip_bad, install=not args.no_install)
+    ensure_clipart_media(install=not args.no_install)
+    summary = prepare_clipart(args.root, limit=args.limit, skip_bad=args.skip_bad, progress=not args.no_progress)
     _print_summary(summary)
     return 0
 
@@ -92,7 +129,8 @@ def _prepare_clipart(args: argparse.Namespace) -> int:
 def _prepare_folder(args: argparse.Namespace) -> int:
     from multisk.data.folder import prepare_folder
 
-    summary = prepare_folder(args.path, args.out, captions=args.captions, split=args.split, skip_bad=args.skip_bad)
+    summary = prepare_folder(args.path, args.out, captions=args.captions, split=args.split, skip_bad=args.skip_bad,
+                             progress=not args.no_progress)
     _print_summary(summary)
     return 0
 
@@ -147,4 +185,4 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["register"]
+__all__ = ["ensure_clipart_media", "register"]

@@ -30,8 +30,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="cap every media source (quick smoke runs)")
     p.add_argument("--no-install", action="store_true", help="never apt-get the media packages")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-baselines", action="store_true", help="skip the training-free baseline rows")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to both runs")
     p.set_defaults(func=run)
+
+
+def structure_table(structure, markdown: bool = False) -> str:
+    """run -> split -> modality -> {"knn_jaccard", ...} as one row per (run, split); '' when empty."""
+    columns = [m for m in ("text", "video", "audio")
+               if any(m in per_split for splits in structure.values() for per_split in splits.values())]
+    if not columns:
+        return ""
+    header = ["run", "split"] + columns
+    rows = [[run, split] + [f"{100 * per_split[m]['knn_jaccard']:.1f}" if m in per_split else "-" for m in columns]
+            for run, splits in structure.items() for split, per_split in splits.items()]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":--", ":--"] + ["--:"] * len(columns)) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in [header] + rows)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,28 +60,50 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     data = Path(args.data)
     if not (data / "manifest.json").is_file() or args.limit is not None:
+        from multisk.commands.data import ensure_clipart_media
         from multisk.data.clipart import prepare_clipart
 
         print(f"[demo] preparing the embedded benchmark in {data} ...", flush=True)
-        prepare_clipart(data, limit=args.limit, install=not args.no_install)
+        ensure_clipart_media(install=not args.no_install)  # apt-get, as root, lives in the command layer
+        prepare_clipart(data, limit=args.limit)
     else:
         print(f"[demo] using the prepared benchmark in {data} (delete it to rebuild)", flush=True)
     out = Path(args.out)
-    runs = {}
+    runs, structure, splits = {}, {}, []
     for name, extra in RUNS.items():
         cfg = load_config(args.config, [*extra, f"data.root={data}", f"train.output_dir={out / name}",
                                         *args.overrides])
         print(f"[demo] training '{name}' ({cfg.train.epochs} epochs, batch {cfg.train.batch_size}) ...", flush=True)
         results = train(cfg, progress=not args.no_progress)
         runs[name] = {split: entry["retrieval"] for split, entry in results["evaluation"].items()}
+        structure[name] = {split: entry.get("structure", {}) for split, entry in results["evaluation"].items()}
+        splits = list(cfg.data.eval_splits)
+    baselines = {}
+    if not args.no_baselines:
+        from multisk.evaluate.baselines import compute_baselines
+
+        print("[demo] training-free baselines (random, linear probe, ImageNet class-name bridge) ...", flush=True)
+        baselines = compute_baselines(data, splits, train_split=cfg.data.train_split)
+        for baseline, reason in baselines["skipped"].items():
+            print(f"[demo] baseline {baseline} not computed: {reason}")
+    table_runs = {**runs, **{f"{b} (no training)": per_split for b, per_split in baselines.get("runs", {}).items()
+                             if per_split}}
     directions = ("t2v", "t2a")
-    text = comparison_table(runs, directions=directions, style="text")
-    markdown = comparison_table(runs, directions=directions, style="markdown")
-    (out / "comparison.md").write_text(markdown + "\n", encoding="utf-8")
-    (out / "comparison.json").write_text(json.dumps(runs, indent=2), encoding="utf-8")
+    text = comparison_table(table_runs, directions=directions, style="text")
+    markdown = comparison_table(table_runs, directions=directions, style="markdown")
+    structure_text = structure_table(structure)
+    (out / "comparison.md").write_text(markdown + "\n\n" + structure_table(structure, markdown=True) + "\n",
+                                       encoding="utf-8")
+    (out / "comparison.json").write_text(json.dumps({"runs": runs, "structure": structure, "baselines": baselines},
+                                                    indent=2), encoding="utf-8")
     print()
     print("Zero-shot retrieval (t2v = text→picture, t2a = text→audio; R@k in %, MedR = median rank):")
     print(text)
+    if structure_text:
+        print()
+        print("Structure preservation (mean 10-NN Jaccard ×100 between the frozen input features and the "
+              "joint space; higher = more of each item's input-space neighbours kept):")
+        print(structure_text)
     plots = sorted(str(p) for p in out.glob("*/plots/*.png"))
     print(f"\n[demo] comparison: {out / 'comparison.md'}; plots ({len(plots)}):")
     for p in plots:

@@ -8,20 +8,28 @@ train: HowTo100M           OpenClipArt pictures + their SVG title and keywords (
                            aligned, like ASR), and Asterisk speech prompts with their transcripts
                            (audio + text, no picture)
 zero-shot in-domain        ``test_in_domain``: held-out OpenClipArt pictures and titles
-zero-shot out-of-domain    ``test_out_of_domain``: Tux Paint stamps (photos and drawings) with their
-                           human-written one-line English captions; audio = the stamp's sound effect
-                           followed by its spoken English caption, where present
+zero-shot out-of-domain    ``test_out_of_domain``: Tux Paint stamps (photos and drawings, PNG or SVG)
+                           with their human-written one-line English captions; audio = the stamp's
+                           sound effect followed by its spoken English caption, where present
 audio ↔ text               ``test_audio``: held-out Asterisk prompts ↔ transcripts
+model selection            ``val``: OpenClipArt pictures held out of ``train`` (same source), for
+                           early stopping and choosing a recipe without looking at a test split
 =========================  ==========================================================================
 
 Every item has ``caption``, ``category`` (OpenClipArt / Tux Paint folder, Asterisk sub-folder),
 ``group`` (items of a split whose captions are equal up to case and spacing share it: all of them are
 correct answers at evaluation), ``source`` and ``file``. Modalities are those of
-``multisk.data.folder.STORE_MODALITIES`` (video 1280, text 50, text_minilm 384, audio 40).
+``multisk.data.encoding.STORE_MODALITIES`` (video 1280, text 50, text_minilm 384, audio 40).
 
 Splits are fixed by ``seed`` and written to the store's manifest together with counts, encoder
-settings and each file's sha256. Encoded tokens are cached under ``ROOT/cache``: an interrupted run
-resumes where it stopped and a rerun with everything cached only re-writes the store.
+settings, each split's ``role`` (train / validation / test) and each file's sha256. Encoded tokens are
+cached under ``ROOT/cache``: an interrupted run resumes where it stopped and a rerun with everything
+cached only re-writes the store.
+
+:func:`prepare_clipart` runs three steps: :func:`index_clipart` (media -> seeded split entries),
+:func:`encode_clipart` (entries -> tokens, through the cache), :func:`write_clipart`. The library only
+checks that the Debian media packages are there (:func:`check_media`); installing them is the
+command's job (``multisk data prepare clipart``, ``multisk demo``).
 """
 
 from __future__ import annotations
@@ -32,24 +40,23 @@ import json
 import os
 import random
 import re
-import shutil
-import subprocess
 import time
 import warnings
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from multisk.data.folder import (
+from multisk.data.encoding import (
     GLOVE_NAME,
+    MAX_TEXT_WORDS,
     CaptionEncoder,
     FeatureCache,
     encode_audio_cached,
     encode_pictures_cached,
-    read_sidecar_caption,
     write_split,
 )
+from multisk.data.folder import read_sidecar_caption
 from multisk.errors import DataFormatError
 
 DEBIAN_PACKAGES = (
@@ -59,8 +66,11 @@ DEBIAN_PACKAGES = (
     "asterisk-core-sounds-en-wav",
     "asterisk-core-sounds-en",
 )
-BENCHMARK_VERSION = 1
-SPLITS = ("train", "test_in_domain", "test_out_of_domain", "test_audio")
+# 2: Tux Paint stamps that exist only as SVG joined test_out_of_domain; the "val" split was added
+BENCHMARK_VERSION = 2
+SPLITS = ("train", "val", "test_in_domain", "test_out_of_domain", "test_audio")
+SPLIT_ROLES = {"train": "train", "val": "validation", "test_in_domain": "test",
+               "test_out_of_domain": "test", "test_audio": "test"}
 # 19 OpenClipArt PNGs are rendered at up to 21k x 30k pixels (2.5 GB decoded); they are left out
 MAX_PICTURE_PIXELS = 16_000_000
 
@@ -103,6 +113,7 @@ class ClipartSettings:
 
     seed: int = 0
     openclipart_train: int = 2400
+    openclipart_val: int = 240  # held out of the training source for model selection (10 % of train)
     openclipart_test: int = 600
     max_per_title: int = 2  # OpenClipArt sets share one boilerplate title; keep at most this many per title
     asterisk_test_fraction: float = 0.2
@@ -111,48 +122,19 @@ class ClipartSettings:
     batch_size: int = 32
 
 
-# ----------------------------------------------------------------------------------------------------
-# packages
-
-
 def apt_install_line(packages: Sequence[str] = DEBIAN_PACKAGES) -> str:
     return "apt-get install -y " + " ".join(packages)
 
 
-def ensure_media(sources: ClipartSources, install: bool = True) -> None:
-    """Make sure the media packages are installed.
-
-    When files are missing: as root with ``install=True``, run ``apt-get install -y ...`` (after
-    ``apt-get update`` if the first attempt fails, e.g. on a fresh image without package lists);
-    otherwise raise :class:`MissingMediaError` giving the exact command.
-    """
+def check_media(sources: ClipartSources) -> None:
+    """Raise :class:`MissingMediaError` naming the missing Debian packages and the exact install line."""
     missing = sources.missing_packages()
-    if not missing:
-        return
-    line = apt_install_line(missing)
-    is_root = hasattr(os, "geteuid") and os.geteuid() == 0
-    if not (install and is_root and shutil.which("apt-get")):
-        why = "installation disabled" if not install else "not running as root" if not is_root else "apt-get not found"
+    if missing:
         raise MissingMediaError(
-            f"clipart benchmark: Debian packages not installed: {', '.join(missing)} ({why}). "
-            f"Install them as root with:\n    sudo {line}"
+            f"clipart benchmark: Debian packages not installed: {', '.join(missing)}. "
+            f"Install them as root with:\n    sudo {apt_install_line(missing)}\n"
+            "(`multisk data prepare clipart` and `multisk demo` do this themselves when run as root)"
         )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    result = subprocess.run(line.split(), env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True)
-        result = subprocess.run(line.split(), env=env, capture_output=True, text=True)
-    still = sources.missing_packages()
-    if result.returncode != 0 or still:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
-        raise MissingMediaError(
-            f"clipart benchmark: `{line}` failed (exit {result.returncode}): {' | '.join(tail)}; "
-            f"still missing: {', '.join(still) or 'none'}"
-        )
-
-
-# ----------------------------------------------------------------------------------------------------
-# OpenClipArt
 
 
 def _words_from_name(stem: str) -> str:
@@ -277,16 +259,12 @@ def index_openclipart(
     return entries
 
 
-def select_openclipart(
-    entries: Sequence[Dict[str, Any]], settings: ClipartSettings, limit: Optional[int]
-) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-    """Seeded (train, test) subsample: shuffle, keep at most ``max_per_title`` pictures per title
-    (case-insensitive; collections such as 1,375 "gramastar" stars share one title), then the first
-    ``openclipart_test`` go to test and the next ``openclipart_train`` to train. With ``limit`` the
-    total is capped at ``limit`` (80 % train, at least one test item)."""
-    rng = random.Random(settings.seed)
+def openclipart_pool(entries: Sequence[Dict[str, Any]], settings: ClipartSettings) -> List[Dict[str, Any]]:
+    """The seeded order of the usable pictures: shuffled with ``seed``, pictures over
+    :data:`MAX_PICTURE_PIXELS` left out, at most ``max_per_title`` pictures per title
+    (case-insensitive; collections such as 1,375 "gramastar" stars share one title)."""
     order = list(entries)
-    rng.shuffle(order)
+    random.Random(settings.seed).shuffle(order)
     per_title: Dict[str, int] = {}
     pool = []
     for entry in order:
@@ -297,28 +275,56 @@ def select_openclipart(
             continue
         per_title[key] = per_title.get(key, 0) + 1
         pool.append(entry)
-    n_test, n_train = settings.openclipart_test, settings.openclipart_train
+    return pool
+
+
+def select_openclipart(
+    entries: Sequence[Dict[str, Any]], settings: ClipartSettings, limit: Optional[int]
+) -> Dict[str, List[Dict[str, Any]]]:
+    """Seeded ``{"test", "val", "train"}`` subsample of :func:`openclipart_pool`, taken in that order:
+    the first ``openclipart_test`` pictures, the next ``openclipart_val``, then up to
+    ``openclipart_train``. Test and validation come first so that a larger training set never moves
+    them. With ``limit`` the total is capped at ``limit``: 20 % test and 10 % validation (at least one
+    each from 2 and 3 pictures on), the rest train."""
+    pool = openclipart_pool(entries, settings)
+    n_test, n_val, n_train = settings.openclipart_test, settings.openclipart_val, settings.openclipart_train
     if limit is not None:
         n_test = max(1, limit // 5) if limit > 1 else 0
-        n_train = limit - n_test
-    return pool[n_test : n_test + n_train], pool[:n_test]
+        n_val = max(1, limit // 10) if limit > 2 else 0
+        n_train = limit - n_test - n_val
+    return {
+        "test": pool[:n_test],
+        "val": pool[n_test : n_test + n_val],
+        "train": pool[n_test + n_val : n_test + n_val + n_train],
+    }
 
 
-# ----------------------------------------------------------------------------------------------------
-# Tux Paint
+def _tuxpaint_pictures(stamps: Path) -> List[Path]:
+    """One picture per stamp outside ``symbols/``: the PNG, or the SVG for stamps that ship only as SVG;
+    sorted by path."""
+    chosen: Dict[Path, Path] = {}
+    for path in stamps.rglob("*"):
+        suffix = path.suffix.lower()
+        if suffix not in (".png", ".svg") or not path.is_file():
+            continue
+        rel = path.relative_to(stamps)
+        if rel.parts[0] == "symbols":
+            continue
+        stem = rel.with_suffix("")
+        if suffix == ".png" or stem not in chosen:
+            chosen[stem] = path
+    return sorted(chosen.values(), key=str)
 
 
 def index_tuxpaint(sources: ClipartSources, on_error) -> List[Dict[str, Any]]:
-    """Tux Paint stamps outside ``symbols/`` with a PNG and an English caption (first line of NAME.txt);
-    sound = NAME.ogg / NAME.wav (sound effect), speech = NAME_desc.ogg (spoken English caption).
-    Stamps available only as SVG are left out (no SVG rasteriser among the dependencies)."""
+    """Tux Paint stamps outside ``symbols/`` with a picture (PNG, else SVG) and an English caption
+    (first line of NAME.txt); sound = NAME.ogg / NAME.wav (sound effect), speech = NAME_desc.ogg
+    (spoken English caption)."""
     stamps = sources.tuxpaint_stamps
     entries = []
-    for png in sorted(stamps.rglob("*.png")):
-        rel = png.relative_to(stamps).with_suffix("")
-        if rel.parts[0] == "symbols":
-            continue
-        txt = png.with_suffix(".txt")
+    for picture in _tuxpaint_pictures(stamps):
+        rel = picture.relative_to(stamps).with_suffix("")
+        txt = picture.with_suffix(".txt")
         if not txt.is_file():
             continue
         try:
@@ -328,23 +334,20 @@ def index_tuxpaint(sources: ClipartSources, on_error) -> List[Dict[str, Any]]:
             continue
         if not caption:
             continue
-        sound = next((p for p in (png.with_suffix(".ogg"), png.with_suffix(".wav")) if p.is_file()), None)
-        speech = png.with_name(png.stem + "_desc.ogg")
+        sound = next((p for p in (picture.with_suffix(".ogg"), picture.with_suffix(".wav")) if p.is_file()), None)
+        speech = picture.with_name(picture.stem + "_desc.ogg")
+        speech = speech if speech.is_file() else None
         entries.append(
             {
                 "file": rel.as_posix(),
-                "png": str(png),
+                "picture": str(picture),
                 "category": rel.parts[0] if len(rel.parts) > 1 else "",
                 "caption": caption,
-                "audio_files": [str(p) for p in (sound, speech if speech.is_file() else None) if p is not None],
-                "audio_parts": [n for n, p in (("sound", sound), ("speech", speech if speech.is_file() else None)) if p],
+                "audio_files": [str(p) for p in (sound, speech) if p is not None],
+                "audio_parts": [name for name, p in (("sound", sound), ("speech", speech)) if p is not None],
             }
         )
     return entries
-
-
-# ----------------------------------------------------------------------------------------------------
-# Asterisk
 
 
 def read_asterisk_transcripts(path: Path) -> Dict[str, str]:
@@ -399,15 +402,192 @@ def split_asterisk(
     return order[n_test:], order[:n_test]
 
 
-# ----------------------------------------------------------------------------------------------------
-# the whole benchmark
+class _BadFiles:
+    """Unreadable inputs: ``record(path, error)`` raises the error unless ``skip_bad``, else lists the
+    file (every item using it is then left out)."""
+
+    def __init__(self, skip_bad: bool) -> None:
+        self.skip_bad = skip_bad
+        self.skipped: List[Dict[str, str]] = []
+        self.paths: set = set()
+
+    def record(self, path: Path, err: DataFormatError) -> None:
+        if not self.skip_bad:
+            raise err
+        self.skipped.append({"file": str(path), "error": str(err)})
+        self.paths.add(str(path))
+
+    @property
+    def on_error(self) -> Optional[Callable[[Path, DataFormatError], None]]:
+        """The callback for the encoders (None: they raise themselves)."""
+        return self.record if self.skip_bad else None
+
+    def usable(self, entry: Dict[str, Any]) -> bool:
+        files = [_picture_of(entry), entry.get("wav"), *entry.get("audio_files", [])]
+        return not any(f in self.paths for f in files if f)
+
+
+def _picture_of(entry: Dict[str, Any]) -> Optional[str]:
+    """The picture file of an entry (OpenClipArt's index calls it ``png``; Tux Paint ``picture``)."""
+    return entry.get("picture") or entry.get("png")
+
+
+@dataclass
+class ClipartIndex:
+    """The seeded selection: OpenClipArt ``{"test", "val", "train"}``, Tux Paint stamps, Asterisk
+    ``{"train", "test"}``; each a list of entries (dicts with ``file``, ``caption``, ``category`` and
+    the media paths; :func:`encode_clipart` adds ``tokens``)."""
+
+    openclipart: Dict[str, List[Dict[str, Any]]]
+    tuxpaint: List[Dict[str, Any]]
+    asterisk: Dict[str, List[Dict[str, Any]]]
+
+    def entries(self) -> List[Dict[str, Any]]:
+        return [e for part in self.openclipart.values() for e in part] + self.tuxpaint + [
+            e for part in self.asterisk.values() for e in part
+        ]
+
+    def filtered(self, keep: Callable[[Dict[str, Any]], bool]) -> "ClipartIndex":
+        return ClipartIndex(
+            {k: [e for e in v if keep(e)] for k, v in self.openclipart.items()},
+            [e for e in self.tuxpaint if keep(e)],
+            {k: [e for e in v if keep(e)] for k, v in self.asterisk.items()},
+        )
+
+
+def index_clipart(
+    sources: ClipartSources,
+    settings: ClipartSettings,
+    cache_dir: Path,
+    limit: Optional[int] = None,
+    on_error: Optional[Callable[[Path, DataFormatError], None]] = None,
+) -> ClipartIndex:
+    """Read the media packages' file lists and metadata and draw the seeded splits. With ``limit``,
+    OpenClipArt is indexed from a sample of ``max(20, 10 * limit)`` pictures and every source is capped
+    at ``limit`` items (Tux Paint spread over its categories)."""
+    def raise_error(path: Path, err: DataFormatError) -> None:
+        raise err
+
+    sample = None if limit is None else max(20, 10 * limit)
+    openclipart = select_openclipart(index_openclipart(sources, cache_dir, sample=sample, seed=settings.seed),
+                                     settings, limit)
+    tux = index_tuxpaint(sources, on_error or raise_error)
+    if limit is not None:
+        tux = tux[:: max(1, len(tux) // limit)][:limit]
+    ast_train, ast_test = split_asterisk(index_asterisk(sources), settings, limit)
+    return ClipartIndex(openclipart, tux, {"train": ast_train, "test": ast_test})
+
+
+def encode_clipart(
+    index: ClipartIndex, cache: FeatureCache, settings: ClipartSettings, bad: _BadFiles, progress: bool = False
+) -> Tuple[ClipartIndex, Dict[str, float]]:
+    """Encode every entry's picture (Lite0), audio (log-mel) and caption (GloVe, MiniLM) through the
+    cache into ``entry["tokens"]``; returns the index without entries that have a bad file, and the
+    seconds per stage."""
+    from multisk.data.image_features import PictureEncoder
+
+    timings: Dict[str, float] = {}
+    t0 = time.perf_counter()
+    encoder = PictureEncoder(image_size=settings.image_size, grid=settings.grid, batch_size=settings.batch_size)
+    with_picture = [e for e in index.entries() if _picture_of(e)]
+    tokens = encode_pictures_cached([Path(_picture_of(e)) for e in with_picture], encoder, cache,
+                                    on_error=bad.on_error, progress=progress, desc="Lite0 pictures")
+    for entry, picture in zip(with_picture, tokens):
+        entry["tokens"] = {"video": picture}
+    timings["pictures"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with_audio = [e for e in index.entries() if e.get("wav") or e.get("audio_files")]
+    path_lists = [[Path(e["wav"])] if "wav" in e else [Path(p) for p in e["audio_files"]] for e in with_audio]
+    frames = encode_audio_cached(path_lists, cache, on_error=bad.on_error, progress=progress, desc="log-mel audio")
+    for entry, audio in zip(with_audio, frames):
+        entry.setdefault("tokens", {})["audio"] = audio
+    timings["audio"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    index = index.filtered(bad.usable)
+    text_encoder = CaptionEncoder(cache)
+    entries = index.entries()
+    minilm = text_encoder.minilm_tokens([e["caption"] for e in entries], progress=progress)
+    for entry, text_minilm in zip(entries, minilm):
+        tokens = entry.setdefault("tokens", {})
+        tokens.update(text=text_encoder.glove_tokens(entry["caption"]), text_minilm=text_minilm)
+        tokens.setdefault("video", None)
+        tokens.setdefault("audio", None)
+    timings["text"] = time.perf_counter() - t0
+    return index, timings
+
+
+def _item(entry: Dict[str, Any], source: str, **extra: Any) -> Dict[str, Any]:
+    picture = _picture_of(entry)
+    return {
+        "id": f"{source}/{entry['file']}",
+        "tokens": entry["tokens"],
+        "caption": entry["caption"],
+        "category": entry["category"],
+        "source": source,
+        "file": entry["file"],
+        # the picture itself, for figures that show anchors by their top items
+        **({"path": picture} if picture else {}),
+        **extra,
+    }
+
+
+def clipart_split_items(index: ClipartIndex, seed: int) -> Dict[str, List[Dict[str, Any]]]:
+    """Store items per split (see the module docstring); train interleaves OpenClipArt and Asterisk."""
+    train = [_item(e, "openclipart") for e in index.openclipart["train"]]
+    train += [_item(e, "asterisk") for e in index.asterisk["train"]]
+    random.Random(seed + 2).shuffle(train)
+    return {
+        "train": train,
+        "val": [_item(e, "openclipart") for e in index.openclipart["val"]],
+        "test_in_domain": [_item(e, "openclipart") for e in index.openclipart["test"]],
+        "test_out_of_domain": [_item(e, "tuxpaint", audio_parts=e["audio_parts"]) for e in index.tuxpaint],
+        "test_audio": [_item(e, "asterisk") for e in index.asterisk["test"]],
+    }
+
+
+def _description(settings: ClipartSettings, limit: Optional[int]) -> Dict[str, Any]:
+    """What the manifest records for every split: benchmark version, seed, sizes, encoders."""
+    from multisk.data.image_features import PictureEncoder
+
+    encoder = PictureEncoder(image_size=settings.image_size, grid=settings.grid)
+    return {
+        "benchmark": "clipart",
+        "benchmark_version": BENCHMARK_VERSION,
+        "seed": settings.seed,
+        "limit": limit,
+        "settings": {k: v for k, v in asdict(settings).items() if k not in ("seed", "image_size", "grid", "batch_size")},
+        "picture_encoder": encoder.describe(),
+        # how to embed new text (class names, search queries) exactly like the stored text tokens
+        "text_encoder": {"name": GLOVE_NAME, "lowercase": True, "max_words": MAX_TEXT_WORDS},
+        "text_encoders": {"text": f"{GLOVE_NAME} (lower-cased, first {MAX_TEXT_WORDS} in-vocabulary words)",
+                          "text_minilm": CaptionEncoder.minilm_description()},
+        "audio_features": "log-mel, 16 kHz, n_fft 400, hop 160, 40 HTK mels, ln(x + 1e-6)",
+    }
+
+
+def write_clipart(
+    root: Path, split_items: Dict[str, List[Dict[str, Any]]], description: Dict[str, Any]
+) -> Tuple[Dict[str, int], Dict[str, Dict[str, int]]]:
+    """Write every split (with its ``role`` and item count per source); returns (items per split,
+    items per split and modality)."""
+    counts, present = {}, {}
+    for split, items in split_items.items():
+        per_source: Dict[str, int] = {}
+        for item in items:
+            per_source[item["source"]] = per_source.get(item["source"], 0) + 1
+        metadata = {**description, "role": SPLIT_ROLES[split], "sources": per_source}
+        info = write_split(root, split, items, metadata=metadata)
+        counts[split] = info["count"]
+        present[split] = {m: meta["items_present"] for m, meta in info["modalities"].items()}
+    return counts, present
 
 
 def prepare_clipart(
     root: str | Path,
     limit: Optional[int] = None,
     skip_bad: bool = False,
-    install: bool = True,
     settings: Optional[ClipartSettings] = None,
     sources: Optional[ClipartSources] = None,
     progress: bool = True,
@@ -419,7 +599,6 @@ def prepare_clipart(
         limit: cap every source (OpenClipArt, Tux Paint, Asterisk) at this many items (fast CI runs).
         skip_bad: skip unreadable media, listing them in ``ROOT/skipped.json`` and the result, instead
             of raising :class:`DataFormatError` naming the file.
-        install: when the Debian packages are missing and this process is root, apt-get install them.
         settings: sizes, seed and encoder settings (defaults: :class:`ClipartSettings`).
         sources: media locations (defaults: the Debian packages' paths).
         progress: show tqdm progress bars.
@@ -427,163 +606,59 @@ def prepare_clipart(
     Returns:
         ``{"root", "splits": {split: count}, "modalities": {split: {m: items_present}},
         "skipped": [...], "seconds", "timings": {stage: seconds}}``.
-    """
-    from multisk.data.image_features import PictureEncoder
 
+    Raises:
+        MissingMediaError: the Debian media packages are not installed (the message gives the line).
+        DataFormatError: an unreadable input (unless ``skip_bad``), naming the file.
+    """
     started = time.perf_counter()
     settings = settings or ClipartSettings()
     sources = sources or ClipartSources()
     if limit is not None and limit < 1:
         raise ValueError(f"prepare_clipart: limit must be >= 1, got {limit}")
-    ensure_media(sources, install=install)
+    check_media(sources)
     root = Path(root)
-    cache_dir = root / "cache"
-    cache = FeatureCache(cache_dir)
-    timings: Dict[str, float] = {}
-    skipped: List[Dict[str, str]] = []
-    bad_files: set = set()
+    cache = FeatureCache(root / "cache")
+    bad = _BadFiles(skip_bad)
 
-    def on_error(path: Path, err: DataFormatError) -> None:
-        if not skip_bad:
-            raise err
-        skipped.append({"file": str(path), "error": str(err)})
-        bad_files.add(str(path))
-
-    # ---- select -------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    sample = None if limit is None else max(20, 10 * limit)  # with a limit, index only a sample
-    clip_index = index_openclipart(sources, cache_dir, sample=sample, seed=settings.seed)
-    clip_train, clip_test = select_openclipart(clip_index, settings, limit)
-    tux = index_tuxpaint(sources, on_error)
-    if limit is not None:
-        tux = tux[:: max(1, len(tux) // limit)][:limit]  # spread over the categories
-    ast_train, ast_test = split_asterisk(index_asterisk(sources), settings, limit)
-    timings["index"] = time.perf_counter() - t0
-
-    # ---- encode pictures (OpenClipArt + Tux Paint), cached --------------------------------------
+    index = index_clipart(sources, settings, root / "cache", limit=limit, on_error=bad.record)
+    timings = {"index": time.perf_counter() - t0}
+    index, encode_timings = encode_clipart(index, cache, settings, bad, progress=progress)
+    timings.update(encode_timings)
     t0 = time.perf_counter()
-    encoder = PictureEncoder(image_size=settings.image_size, grid=settings.grid, batch_size=settings.batch_size)
-    picture_entries = clip_train + clip_test + tux
-    picture_tokens = encode_pictures_cached(
-        [Path(e["png"]) for e in picture_entries],
-        encoder,
-        cache,
-        on_error=on_error if skip_bad else None,
-        progress=progress,
-        desc="Lite0 pictures",
-    )
-    for entry, tokens in zip(picture_entries, picture_tokens):
-        entry["video_tokens"] = tokens
-    timings["pictures"] = time.perf_counter() - t0
-
-    # ---- encode audio (Asterisk prompts, Tux Paint sounds and spoken captions), cached ----------
-    t0 = time.perf_counter()
-    audio_entries = ast_train + ast_test + tux
-    path_lists = [[Path(e["wav"])] if "wav" in e else [Path(p) for p in e["audio_files"]] for e in audio_entries]
-    audio_frames = encode_audio_cached(
-        path_lists, cache, on_error=on_error if skip_bad else None, progress=progress, desc="log-mel audio"
-    )
-    for entry, frames in zip(audio_entries, audio_frames):
-        entry["audio_frames"] = frames
-    timings["audio"] = time.perf_counter() - t0
-
-    # ---- drop items with a bad file --------------------------------------------------------------
-    def ok(entry: Dict[str, Any]) -> bool:
-        files = [entry.get("png"), entry.get("wav"), *entry.get("audio_files", [])]
-        return not any(f in bad_files for f in files if f)
-
-    clip_train, clip_test = [e for e in clip_train if ok(e)], [e for e in clip_test if ok(e)]
-    tux = [e for e in tux if ok(e)]
-    ast_train, ast_test = [e for e in ast_train if ok(e)], [e for e in ast_test if ok(e)]
-
-    # ---- encode text, cached ----------------------------------------------------------------------
-    t0 = time.perf_counter()
-    text_encoder = CaptionEncoder(cache)
-    all_entries = clip_train + clip_test + tux + ast_train + ast_test
-    minilm = text_encoder.minilm_tokens([e["caption"] for e in all_entries], progress=progress)
-    for entry, tokens in zip(all_entries, minilm):
-        entry["text_minilm"] = tokens
-        entry["text"] = text_encoder.glove_tokens(entry["caption"])
-    timings["text"] = time.perf_counter() - t0
-
-    # ---- write the store ------------------------------------------------------------------------
-    t0 = time.perf_counter()
-
-    def item(entry: Dict[str, Any], source: str, **extra: Any) -> Dict[str, Any]:
-        return {
-            "id": f"{source}/{entry['file']}",
-            "tokens": {
-                "video": entry.get("video_tokens"),
-                "text": entry["text"],
-                "text_minilm": entry["text_minilm"],
-                "audio": entry.get("audio_frames"),
-            },
-            "caption": entry["caption"],
-            "category": entry["category"],
-            "source": source,
-            "file": entry["file"],
-            # the picture itself, for figures that show anchors by their top items
-            **({"path": entry["png"]} if entry.get("png") else {}),
-            **extra,
-        }
-
-    train_items = [item(e, "openclipart") for e in clip_train] + [item(e, "asterisk") for e in ast_train]
-    random.Random(settings.seed + 2).shuffle(train_items)  # interleave the two training sources
-    split_items = {
-        "train": train_items,
-        "test_in_domain": [item(e, "openclipart") for e in clip_test],
-        "test_out_of_domain": [item(e, "tuxpaint", audio_parts=e["audio_parts"]) for e in tux],
-        "test_audio": [item(e, "asterisk") for e in ast_test],
-    }
-    description = {
-        "benchmark": "clipart",
-        "benchmark_version": BENCHMARK_VERSION,
-        "seed": settings.seed,
-        "limit": limit,
-        "settings": {
-            "openclipart_train": settings.openclipart_train,
-            "openclipart_test": settings.openclipart_test,
-            "max_per_title": settings.max_per_title,
-            "asterisk_test_fraction": settings.asterisk_test_fraction,
-        },
-        "picture_encoder": encoder.describe(),
-        # how to embed new text (class names, search queries) exactly like the stored text tokens
-        "text_encoder": {"name": GLOVE_NAME, "lowercase": True, "max_words": 20},
-        "text_encoders": {"text": f"{GLOVE_NAME} (lower-cased, first 20 in-vocabulary words)",
-                          "text_minilm": CaptionEncoder.minilm_description()},
-        "audio_features": "log-mel, 16 kHz, n_fft 400, hop 160, 40 HTK mels, ln(x + 1e-6)",
-    }
-    counts, present = {}, {}
-    for split, items in split_items.items():
-        sources_count: Dict[str, int] = {}
-        for it in items:
-            sources_count[it["source"]] = sources_count.get(it["source"], 0) + 1
-        info = write_split(root, split, items, metadata={**description, "sources": sources_count})
-        counts[split] = info["count"]
-        present[split] = {m: meta["items_present"] for m, meta in info["modalities"].items()}
-    (root / "skipped.json").write_text(json.dumps(skipped, indent=2), encoding="utf-8")
+    counts, present = write_clipart(root, clipart_split_items(index, settings.seed), _description(settings, limit))
+    (root / "skipped.json").write_text(json.dumps(bad.skipped, indent=2), encoding="utf-8")
     timings["write"] = time.perf_counter() - t0
     return {
         "root": str(root),
         "splits": counts,
         "modalities": present,
-        "skipped": skipped,
+        "skipped": bad.skipped,
         "seconds": round(time.perf_counter() - started, 2),
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
 
 
 __all__ = [
+    "ClipartIndex",
     "ClipartSettings",
     "ClipartSources",
     "DEBIAN_PACKAGES",
     "MissingMediaError",
     "SPLITS",
+    "SPLIT_ROLES",
     "apt_install_line",
-    "ensure_media",
+    "check_media",
+    "clipart_split_items",
+    "encode_clipart",
     "index_asterisk",
+    "index_clipart",
     "index_openclipart",
     "index_tuxpaint",
+    "openclipart_pool",
+    "select_openclipart",
+    "write_clipart",
     "openclipart_caption",
     "prepare_clipart",
     "read_asterisk_transcripts",

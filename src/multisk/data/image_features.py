@@ -11,12 +11,19 @@ A picture becomes ``1 + grid * grid`` tokens of 1280 dims:
 
 So a picture is a short token sequence, like the per-second features of a video, and the same token
 pipeline applies. Video frames (1 fps) use only the global mean: one token per second.
+
+Vector pictures (``.svg``, ``.svgz``) are rasterised with resvg (PyPI ``resvg-py``) to fit in the
+``image_size`` square, aspect kept, at the CSS resolution of 96 dpi (so ``pt`` / ``mm`` / ``cm`` sizes
+resolve as in a browser), then follow the same path: the transparent background is composited onto
+white.
 """
 
 from __future__ import annotations
 
+import io
+from functools import lru_cache
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +33,8 @@ from multisk.errors import DataFormatError
 
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_GRID = 2
+SVG_EXTENSIONS = {".svg", ".svgz"}
+SVG_DPI = 96.0  # CSS px per inch: width="128pt" is 170.7 px, as browsers draw it
 
 
 _SHARED_MODEL = None
@@ -57,8 +66,52 @@ def square_on_white(image, image_size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8)
 
 
+@lru_cache(maxsize=1)
+def _resvg_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("resvg-py")
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def picture_reader(path: str | Path) -> Dict[str, str]:
+    """What besides the file's bytes decides its pixels (part of the token cache key): ``{}`` for
+    raster formats, the rasteriser and its settings for SVG."""
+    if Path(path).suffix.lower() in SVG_EXTENSIONS:
+        return {"svg_rasteriser": f"resvg-py {_resvg_version()}, fit in square, {SVG_DPI:g} dpi"}
+    return {}
+
+
+def rasterise_svg(path: str | Path, image_size: int = DEFAULT_IMAGE_SIZE):
+    """Render an SVG to a PIL RGBA image whose longer side is ``image_size`` (aspect kept, transparent
+    background), at :data:`SVG_DPI`.
+
+    Raises:
+        DataFormatError: resvg-py missing, or the file is unreadable / not a valid SVG (names the file).
+    """
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        import resvg_py  # type: ignore[import-not-found]
+    except ImportError:
+        raise DataFormatError(f"{path}: SVG pictures need resvg-py (pip install 'multisk[demo]')") from None
+    if not path.is_file():
+        raise DataFormatError(f"{path}: cannot read image (file not found)")
+    try:
+        png = resvg_py.svg_to_bytes(svg_path=str(path), width=image_size, height=image_size, dpi=SVG_DPI)
+        image = Image.open(io.BytesIO(bytes(png)))
+        image.load()
+    except Exception as err:  # resvg reports every parse / render failure as ValueError; PIL as OSError
+        raise DataFormatError(f"{path}: cannot render SVG ({type(err).__name__}: {err})") from None
+    return image
+
+
 def load_picture(path: str | Path, image_size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
-    """Read an image file (PNG, JPEG, ...) as (image_size, image_size, 3) uint8 (see :func:`square_on_white`).
+    """Read an image file (PNG, JPEG, ..., or SVG) as (image_size, image_size, 3) uint8 (see
+    :func:`square_on_white`; SVG through :func:`rasterise_svg`).
 
     Raises:
         DataFormatError: missing, unreadable, truncated or empty image (names the file).
@@ -66,6 +119,8 @@ def load_picture(path: str | Path, image_size: int = DEFAULT_IMAGE_SIZE) -> np.n
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    if path.suffix.lower() in SVG_EXTENSIONS:
+        return square_on_white(rasterise_svg(path, image_size), image_size)
     try:
         with Image.open(path) as image:
             if image.format == "JPEG":
@@ -180,4 +235,15 @@ class PictureEncoder:
         return result
 
 
-__all__ = ["PictureEncoder", "load_picture", "pool_tokens", "shared_lite0", "square_on_white", "DEFAULT_GRID", "DEFAULT_IMAGE_SIZE"]
+__all__ = [
+    "DEFAULT_GRID",
+    "DEFAULT_IMAGE_SIZE",
+    "SVG_EXTENSIONS",
+    "PictureEncoder",
+    "load_picture",
+    "picture_reader",
+    "pool_tokens",
+    "rasterise_svg",
+    "shared_lite0",
+    "square_on_white",
+]
