@@ -528,3 +528,45 @@ def test_training_objective_combines_and_names_terms():
     with pytest.raises(ConfigError, match="text-video_audio"):
         TrainingObjective(LossConfig(contrastive=ContrastiveConfig(pair_weights={"text-video_audio": 1.0})),
                           model_cfg, {"text", "video", "audio"})
+
+
+def test_objective_inside_cpu_bf16_autocast_equals_float32():
+    # Issue 10 item 7 / issue 13: the contrastive similarity matrices, the SSPC targets and costs run in
+    # float32 whatever the trainer's autocast (SPEC §5: the reference computes its losses outside it).
+    # Embeddings as a bf16 model would emit them (rounded to bf16, carried as float32).
+    from multisk.models.anchors import AnchorHeads
+
+    k, d, e, batch = 16, 64, 96, 48
+    model_cfg = ModelConfig(embed_dim=d, projection_dim=e, num_anchors=k, num_heads=1)
+    loss_cfg = LossConfig(sspc=SSPCConfig(queue_size=96, n_iters=20, warmup="none"))
+    torch.manual_seed(12)
+    anchors = AnchorHeads(MODS, d, e, k)
+    for p in anchors.parameters():
+        nn.init.normal_(p)
+    g = torch.Generator().manual_seed(13)
+
+    def step_output(objective, inputs, joints):
+        output = make_sspc_output(anchors, inputs, joints, {m: torch.ones(batch, dtype=torch.bool) for m in MODS})
+        return objective(output, anchors)
+
+    results = []
+    for autocast in (False, True):
+        objective = TrainingObjective(loss_cfg, model_cfg, {"text", "video", "audio"})
+        g.manual_seed(13)
+        steps = []
+        for _ in range(2):  # the second step also scores the queue
+            inputs = {m: torch.randn(batch, d, generator=g).bfloat16().float().requires_grad_() for m in MODS}
+            joints = {m: torch.randn(batch, e, generator=g).bfloat16().float().requires_grad_() for m in MODS}
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out = step_output(objective, inputs, joints)
+            grads = torch.autograd.grad(out["loss"], [*inputs.values(), *joints.values()])
+            steps.append(({key: v.detach() for key, v in out.items()}, grads))
+        results.append(steps)
+    for (want, want_grads), (got, got_grads) in zip(*results):
+        assert set(got) == set(want)
+        for key, value in want.items():
+            assert got[key].dtype == value.dtype == torch.float32, key
+            torch.testing.assert_close(got[key], value, atol=1e-6, rtol=1e-5, msg=key)
+        for got_grad, want_grad in zip(got_grads, want_grads):
+            torch.testing.assert_close(got_grad, want_grad, atol=1e-6, rtol=1e-5)
+    assert results[0][1][0]["sspc"] > 0 and results[0][1][0]["contrastive"] > 0

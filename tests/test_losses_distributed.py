@@ -180,6 +180,51 @@ def gather_checks(rank: int, world: int) -> dict:
             "no_grad": no_grad, "no_grad_requires_grad": no_grad.requires_grad}
 
 
+def communication_checks(rank: int, world: int) -> dict:
+    """The collectives of one objective step (forward, backward) and of SSPC without queues, logged."""
+    import multisk.losses.distributed as collectives
+
+    log = []
+    gather, all_reduce, reduce_scatter = collectives._all_gather_single, dist.all_reduce, dist.reduce_scatter_tensor
+
+    def logged_gather(output, local, group=None):
+        log.append(("all_gather", tuple(local.shape)))
+        return gather(output, local, group=group)
+
+    def logged_all_reduce(tensor, *args, **kwargs):
+        log.append(("all_reduce", tuple(tensor.shape)))
+        return all_reduce(tensor, *args, **kwargs)
+
+    def logged_reduce_scatter(output, tensor, *args, **kwargs):
+        log.append(("reduce_scatter", tuple(tensor.shape)))
+        return reduce_scatter(output, tensor, *args, **kwargs)
+
+    collectives._all_gather_single, dist.all_reduce, dist.reduce_scatter_tensor = (
+        logged_gather, logged_all_reduce, logged_reduce_scatter)
+    try:
+        model = fresh_model()
+        batch = local_slice(make_data(1)[0], rank, world)
+        objective = TrainingObjective(
+            LossConfig(contrastive=ContrastiveConfig(pair_weights={"text-video": 1.0, "text-audio": 0.1,
+                                                                   "text-video_audio": 0.5}),
+                       sspc=SSPCConfig(queue_size=8, n_iters=5)),
+            ModelConfig(embed_dim=D, projection_dim=E, num_anchors=K, num_heads=1),
+            {"text", "video", "audio", "video_audio"},
+        )
+        out = objective(model(*batch), model.anchors)
+        forward = list(log)
+        log.clear()
+        out["loss"].backward()
+        backward = list(log)
+        log.clear()
+        StructurePreservingLoss(SSPCConfig(queue_size=0, n_iters=5), MODS, D, E, K)(model(*batch), model.anchors)
+        no_queue = list(log)
+    finally:
+        collectives._all_gather_single, dist.all_reduce, dist.reduce_scatter_tensor = (
+            gather, all_reduce, reduce_scatter)
+    return {"forward": forward, "backward": backward, "no_queue": no_queue}
+
+
 def _worker(rank, world, port, out_dir):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -188,6 +233,7 @@ def _worker(rank, world, port, out_dir):
     try:
         results = run_scenarios(rank, world)
         results["gather"] = gather_checks(rank, world)
+        results["communication"] = communication_checks(rank, world)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -269,3 +315,21 @@ def test_distributed_total_objective_under_ddp_matches_single_process(distribute
         for key, value in single["total_queues"].items():
             assert _close(res["total_queues"][key], value, 1e-6), key
     assert single["total"][-1]["values"]["sspc/active"].item() == 1.0
+
+
+def test_distributed_sspc_reuses_the_contrastive_gather_and_backward_reduce_scatters(distributed_results):
+    # Issue 13 item 6: the joint embeddings cross the network once per step (the contrastive loss's
+    # gather, which SSPC reuses with its nonempty flags); SSPC sends scores and, for its queues, input
+    # embeddings only; the gradient of the gathered keys goes back by reduce-scatter, not all-reduce
+    ranks, _ = distributed_results
+    b, problems = GLOBAL_BATCH // WORLD, 3 + 3 * 3
+    for res in ranks:
+        log = res["communication"]
+        assert sorted(log["forward"]) == sorted([
+            ("all_gather", (b, 4 * E)),  # contrastive keys: text, video, audio, video_audio
+            ("all_gather", (b, 3)),  # their modalities' nonempty flags
+            ("all_gather", (b, problems * K + 3 * D)),  # SSPC: batch scores + input embeddings
+        ])
+        assert log["backward"] == [("reduce_scatter", (GLOBAL_BATCH, 4 * E))]
+        # without queues SSPC needs no embeddings at all: scores and (without keys) the flags
+        assert log["no_queue"] == [("all_gather", (b, problems * K + 3))]

@@ -19,7 +19,7 @@ batch), which is exactly the single-process loss split into per-rank shares (see
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -32,6 +32,18 @@ from multisk.losses.distributed import (
     local_row_offset,
     world_size,
 )
+from multisk.sinkhorn.precision import autocast_disabled
+
+
+class GlobalKeys(NamedTuple):
+    """The global batch as the contrastive loss sees it (rank-major rows, N = W·b).
+
+    ``joint``: joint-embedding name -> (N, E) normalised embeddings, with gradient to the local rows;
+    ``nonempty``: modality -> (N,) bool.  In one process both are the local tensors.
+    """
+
+    joint: Dict[str, torch.Tensor]
+    nonempty: Dict[str, torch.Tensor]
 
 
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -198,55 +210,68 @@ class CombinatorialContrastiveLoss(nn.Module):
         self.weight_sum = sum(w for *_, w in self.pairs)
         self.process_group = process_group
 
-    def forward(self, output: Mapping) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """output: the model output dict (uses ``joint_normalized`` (b, E) and ``nonempty`` (b,) bool).
+    def gather_keys(self, output: Mapping) -> GlobalKeys:
+        """The keys of the global batch: this loss's joint embeddings and the nonempty flags of their
+        modalities, gathered from every rank in one collective each (the embeddings with gradient).
+        In one process they are the local tensors. :class:`TrainingObjective` hands them to SSPC too,
+        so the joint embeddings cross the network once per step."""
+        normalized = output["joint_normalized"]
+        local = {name: normalized[name] for name in self.embedding_names}
+        device = local[self.embedding_names[0]].device
+        modalities = sorted({m for name in self.embedding_names for m in embedding_modalities(name)})
+        nonempty_local = torch.stack([output["nonempty"][m].to(device=device, dtype=torch.bool) for m in modalities], 1)
+        if world_size(self.process_group) == 1:
+            return GlobalKeys(local, dict(zip(modalities, nonempty_local.unbind(1))))
+        # One collective for all embeddings (forward all_gather, backward reduce-scatter).
+        widths = [local[name].shape[1] for name in self.embedding_names]
+        concatenated = torch.cat([local[name] for name in self.embedding_names], 1)
+        packed = all_gather_with_grad(concatenated, self.process_group)
+        nonempty_global = all_gather_no_grad(nonempty_local.to(torch.uint8), self.process_group).bool()
+        return GlobalKeys(dict(zip(self.embedding_names, packed.split(widths, dim=1))),
+                          dict(zip(modalities, nonempty_global.unbind(1))))
+
+    def forward(self, output: Mapping, keys: Optional[GlobalKeys] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """output: the model output dict (uses ``joint_normalized`` (b, E) and ``nonempty`` (b,) bool);
+        keys: :meth:`gather_keys` of this output when the caller already gathered them.
 
         Returns (loss, per_pair) where loss is 0-dim with gradient and per_pair maps pair name -> the
         detached 0-dim loss of that pair (under DDP: this rank's share × W; mean over ranks = global).
+        The similarity matrices and everything after them are float32 with autocast off (SPEC §5: the
+        reference computes its losses outside autocast).
         """
+        if keys is None:
+            keys = self.gather_keys(output)
         normalized = output["joint_normalized"]
-        local = {name: normalized[name] for name in self.embedding_names}
+        local = {name: at_least_float32(normalized[name]) for name in self.embedding_names}
         first = local[self.embedding_names[0]]
         b, device = first.shape[0], first.device
         world = world_size(self.process_group)
-
-        modalities = sorted({m for name in self.embedding_names for m in embedding_modalities(name)})
-        nonempty_local = torch.stack([output["nonempty"][m].to(device=device, dtype=torch.bool) for m in modalities], 1)
-        if world == 1:
-            keys = local
-            nonempty_global = nonempty_local
-        else:
-            # One collective for all embeddings (forward all_gather, backward all_reduce).
-            widths = [local[name].shape[1] for name in self.embedding_names]
-            concatenated = torch.cat([local[name] for name in self.embedding_names], 1)
-            packed = all_gather_with_grad(concatenated, self.process_group)
-            keys = dict(zip(self.embedding_names, packed.split(widths, dim=1)))
-            nonempty_global = all_gather_no_grad(nonempty_local.to(torch.uint8), self.process_group).bool()
-        column = {m: i for i, m in enumerate(modalities)}
         offset = local_row_offset(b, self.process_group)
         positives = torch.arange(offset, offset + b, device=device)
 
-        total = at_least_float32(first.new_zeros(()))
-        per_pair: Dict[str, torch.Tensor] = {}
-        for pair, name_a, name_b, weight in self.pairs:
-            parts = [column[m] for m in embedding_modalities(name_a) + embedding_modalities(name_b)]
-            valid_global = nonempty_global[:, parts].all(dim=1)  # (N,)
-            valid_local = valid_global.narrow(0, offset, b)  # (b,)
-            a_to_b = local[name_a] @ keys[name_b].t()  # (b, N): local a rows vs global b
-            b_to_a = a_to_b.t() if world == 1 else local[name_b] @ keys[name_a].t()
-            rows = self.criterion.row_losses(a_to_b, positives, valid_global) + self.criterion.row_losses(
-                b_to_a, positives, valid_global
-            )
-            rows = torch.where(valid_local, rows, torch.zeros_like(rows))
-            pair_loss = rows.sum() * world / valid_global.sum().clamp(min=1)
-            per_pair[pair] = pair_loss.detach()
-            total = total + weight * pair_loss
-        return total / self.weight_sum, per_pair
+        with autocast_disabled(device):
+            total = first.new_zeros(())
+            per_pair: Dict[str, torch.Tensor] = {}
+            for pair, name_a, name_b, weight in self.pairs:
+                parts = embedding_modalities(name_a) + embedding_modalities(name_b)
+                valid_global = torch.stack([keys.nonempty[m] for m in parts], 1).all(dim=1)  # (N,)
+                valid_local = valid_global.narrow(0, offset, b)  # (b,)
+                a_to_b = local[name_a] @ at_least_float32(keys.joint[name_b]).t()  # (b, N): local a rows vs global b
+                b_to_a = a_to_b.t() if world == 1 else local[name_b] @ at_least_float32(keys.joint[name_a]).t()
+                rows = self.criterion.row_losses(a_to_b, positives, valid_global) + self.criterion.row_losses(
+                    b_to_a, positives, valid_global
+                )
+                rows = torch.where(valid_local, rows, torch.zeros_like(rows))
+                pair_loss = rows.sum() * world / valid_global.sum().clamp(min=1)
+                per_pair[pair] = pair_loss.detach()
+                total = total + weight * pair_loss
+            return total / self.weight_sum, per_pair
 
 
 __all__ = [
     "CombinatorialContrastiveLoss",
     "ContrastiveCriterion",
+    "GlobalKeys",
     "MMS",
     "MaxMarginSoftmax",
     "NormSoftmax",

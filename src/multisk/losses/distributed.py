@@ -6,8 +6,8 @@ Every helper works without ``torch.distributed`` initialised: it then behaves as
 Gradient convention (docs/losses.md, "DDP scaling"). A loss built on the global batch is written as a
 sum of per-rank shares, ``L = Σ_r L_r``, where ``L_r`` depends on the rank's local rows *and* on the
 rows gathered from every rank. :func:`all_gather_with_grad` routes the gradient of the gathered tensor
-back to the rank that owns each row, summed over all ranks (``backward = all_reduce(SUM)`` then keep the
-local slice), so on rank ``r`` autograd yields ``∂(Σ_r' L_r')/∂x_local = ∂L/∂x_local`` for its own
+back to the rank that owns each row, summed over all ranks (``backward = reduce_scatter(SUM)``: each
+rank receives the sum of its own rows only), so on rank ``r`` autograd yields ``∂(Σ_r' L_r')/∂x_local = ∂L/∂x_local`` for its own
 rows. DDP then averages the parameter gradients over the W ranks, which divides by W; the losses in
 this package therefore return ``W · L_r`` so that the averaged gradient equals the single-process
 gradient of ``L`` on the concatenated batch (and the mean over ranks of the returned value equals
@@ -54,28 +54,47 @@ def _gather_rows(local: torch.Tensor, process_group: ProcessGroup) -> torch.Tens
     return gathered
 
 
+def _sum_to_owners(grad_gathered: torch.Tensor, local_rows: int, process_group: ProcessGroup) -> torch.Tensor:
+    """(W·b, ...) gradient on every rank -> (b, ...) on rank r: Σ over ranks of rows ``[r·b, (r+1)·b)``.
+
+    A reduce-scatter: each rank receives only its own rows' sums, (W − 1)/W of the gathered tensor on
+    the wire instead of the 2(W − 1)/W of an all-reduce, and no rank materialises the summed whole.
+    Backends without reduce-scatter (old gloo builds) fall back to an all-reduce and a slice.
+    """
+    global _REDUCE_SCATTER_UNSUPPORTED
+    grad_gathered = grad_gathered.contiguous()
+    local = grad_gathered.new_empty((local_rows,) + tuple(grad_gathered.shape[1:]))
+    if not _REDUCE_SCATTER_UNSUPPORTED:
+        try:
+            dist.reduce_scatter_tensor(local, grad_gathered, op=dist.ReduceOp.SUM, group=process_group)
+            return local
+        except (RuntimeError, NotImplementedError):
+            _REDUCE_SCATTER_UNSUPPORTED = True  # e.g. "Backend gloo does not support reduce_scatter"
+    summed = grad_gathered.clone()  # all_reduce works in place; autograd may share grad_gathered
+    dist.all_reduce(summed, op=dist.ReduceOp.SUM, group=process_group)
+    return summed.narrow(0, rank(process_group) * local_rows, local_rows)
+
+
+_REDUCE_SCATTER_UNSUPPORTED = False
+
+
 class _AllGatherWithGrad(torch.autograd.Function):
     """Forward: concatenate the local tensors of all ranks along dim 0.
 
     Backward: every rank holds a gradient for the full gathered tensor (from its own loss share); the
-    gradient of a local row is the sum over ranks of the gradients of that row, so the incoming
-    gradient is all-reduced (sum) and the local slice ``[rank·b, (rank+1)·b)`` is returned.
+    gradient of a local row is the sum over ranks of the gradients of that row: a reduce-scatter of
+    the incoming gradient (:func:`_sum_to_owners`).
     """
 
     @staticmethod
     def forward(ctx, local: torch.Tensor, process_group: ProcessGroup) -> torch.Tensor:  # type: ignore[override]
         ctx.process_group = process_group
         ctx.local_rows = local.shape[0]
-        ctx.rank = rank(process_group)
         return _gather_rows(local, process_group)
 
     @staticmethod
     def backward(ctx, grad_gathered: torch.Tensor):  # type: ignore[override]
-        # Clone: autograd may share grad_gathered with other consumers; all_reduce works in place.
-        summed = grad_gathered.contiguous().clone()
-        dist.all_reduce(summed, op=dist.ReduceOp.SUM, group=ctx.process_group)
-        start = ctx.rank * ctx.local_rows
-        return summed.narrow(0, start, ctx.local_rows), None
+        return _sum_to_owners(grad_gathered, ctx.local_rows, ctx.process_group), None
 
 
 def all_gather_with_grad(local: torch.Tensor, process_group: ProcessGroup = None) -> torch.Tensor:

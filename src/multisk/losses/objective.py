@@ -68,12 +68,13 @@ class TrainingObjective(nn.Module):
 
     def forward(self, output: Mapping, anchors=None) -> Dict[str, torch.Tensor]:
         """output: model output dict; anchors: the model's anchor heads (required when SSPC is on)."""
-        contrastive, per_pair = self.contrastive(output)
+        keys = self.contrastive.gather_keys(output)  # one gather of the joint embeddings, shared
+        contrastive, per_pair = self.contrastive(output, keys)
         result: Dict[str, torch.Tensor] = {}
         if self.sspc is not None:
             if anchors is None:
                 raise ValueError("TrainingObjective: SSPC is enabled, pass the model's anchor heads (model.anchors)")
-            sspc, terms = self.sspc(output, anchors)
+            sspc, terms = self.sspc(output, anchors, keys)
             loss = contrastive + self.sspc_weight * sspc
             result.update({f"sspc/{name}": value for name, value in terms.items()})
         else:

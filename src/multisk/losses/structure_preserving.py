@@ -30,8 +30,9 @@ All 3 + 9 target problems share N = queue + global batch rows and K, so they are
 solver call on a (12, N, K) stack. The queues (6: input and joint space per modality) are updated after
 the targets are computed, with the global batch, so they are identical on every rank.
 
-Distributed (DDP): the batch scores, embeddings and nonempty flags of all ranks are gathered once, without
-gradient; targets are computed on [queue; global batch] exactly as a single process on the concatenated
+Distributed (DDP): the batch scores, input embeddings and nonempty flags of all ranks are gathered once,
+without gradient (the joint embeddings and flags the contrastive loss has gathered already are reused,
+and embeddings travel only when there are queues to fill); targets are computed on [queue; global batch] exactly as a single process on the concatenated
 batch would, and this rank's rows are sliced out. The predicted scores are local and need no gather;
 each term is returned as W · (Σ_local valid rows cost) / (global valid rows), so DDP's gradient average
 equals the single-process gradient (see docs/losses.md).
@@ -40,7 +41,7 @@ equals the single-process gradient (see docs/losses.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -48,9 +49,10 @@ import torch.nn.functional as F
 
 from multisk import sinkhorn as sinkhorn_solvers
 from multisk.config import MODALITIES, ConfigError, SSPCConfig
-from multisk.losses.contrastive import at_least_float32
+from multisk.losses.contrastive import GlobalKeys, at_least_float32
 from multisk.losses.distributed import ProcessGroup, all_gather_no_grad, local_row_offset, world_size
 from multisk.losses.queue import EmbeddingQueue
+from multisk.sinkhorn.precision import exact_float32
 
 INPUT_FROM_JOINT = "input<-joint"  # (i): predict input-space scores s_m from the joint-space target q̂_{m,n}
 JOINT_FROM_INPUT = "joint<-input"  # (ii): predict joint-space scores ŝ_{m,n} from the input-space target q_m
@@ -223,17 +225,61 @@ class StructurePreservingLoss(nn.Module):
         joint_scores = [anchors.joint_scores(m, self.joint_queues[n].rows.to(joint_dtype)) for m in mods for n in mods]
         return torch.stack([s.float() for s in input_scores + joint_scores])
 
-    def forward(self, output: Mapping, anchors) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def forward(self, output: Mapping, anchors, keys: Optional[GlobalKeys] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Compute SSPC for one step and update the queues.
 
         output: model output dict — ``input_anchor_scores[m]`` (b, K), ``joint_anchor_scores[m][n]``
             (b, K) (with gradient), ``input_embedding[m]`` (b, D), ``joint_normalized[n]`` (b, E),
             ``nonempty[m]`` (b,) bool.
         anchors: the anchor heads (``input_scores(m, x)``, ``joint_scores(m, x)``) to score queue rows.
+        keys: the contrastive loss's gathered global batch (:meth:`CombinatorialContrastiveLoss.gather_keys`),
+            whose joint embeddings and nonempty flags are reused instead of being gathered again.
 
         Returns (loss, terms): loss is 0-dim float32 with gradient (gate · Σ w_t cost_t, ×W under DDP);
         terms maps each term name to its detached, unweighted, ungated cost, plus "active" (the gate).
+        Everything from the scores on runs in IEEE float32 (autocast and TF32 off), so the targets and
+        costs inside the trainer's autocast equal those outside.
         """
+        with exact_float32(output["input_anchor_scores"][self.modalities[0]].device):
+            return self._forward(output, anchors, keys)
+
+    def _global_batch(self, batch_scores: torch.Tensor, output: Mapping, keys: Optional[GlobalKeys]):
+        """The global batch's scores (P, N, K), input and joint embeddings (N, D) / (N, E) per modality
+        (only when there are queues to fill) and nonempty flags (N, |M|) bool, all without gradient.
+
+        Under DDP one all-gather carries what ``keys`` does not already hold: the scores, the input
+        embeddings, the joint embeddings and flags of modalities missing from ``keys``.
+        """
+        mods = self.modalities
+        problems, b, k = batch_scores.shape
+        device = batch_scores.device
+        with_queues = len(self.input_queues) > 0
+        keys_joint = {} if keys is None else keys.joint
+        keys_nonempty = {} if keys is None else keys.nonempty
+        # (name, local rows (b, width)) of everything that must travel; reused pieces are looked up later
+        pieces: List[Tuple[str, torch.Tensor]] = [("scores", batch_scores.permute(1, 0, 2).reshape(b, problems * k))]
+        if with_queues:
+            pieces += [(f"input:{m}", output["input_embedding"][m].detach().float()) for m in mods]
+            pieces += [(f"joint:{n}", output["joint_normalized"][n].detach().float()) for n in mods
+                       if n not in keys_joint]
+        pieces += [(f"nonempty:{m}", output["nonempty"][m].to(device=device, dtype=torch.float32).unsqueeze(1))
+                   for m in mods if m not in keys_nonempty]
+        names = [name for name, _ in pieces]
+        if world_size(self.process_group) > 1:
+            packed = all_gather_no_grad(torch.cat([rows for _, rows in pieces], dim=1), self.process_group)
+            gathered = dict(zip(names, packed.split([rows.shape[1] for _, rows in pieces], dim=1)))
+        else:
+            gathered = dict(pieces)
+        total_rows = gathered["scores"].shape[0]
+        scores = gathered["scores"].reshape(total_rows, problems, k).permute(1, 0, 2)
+        input_embeddings = [gathered[f"input:{m}"] for m in mods] if with_queues else []
+        joint_embeddings = [gathered[f"joint:{n}"] if f"joint:{n}" in gathered else keys_joint[n].detach().float()
+                            for n in mods] if with_queues else []
+        nonempty = torch.stack([gathered[f"nonempty:{m}"].squeeze(1) > 0.5 if f"nonempty:{m}" in gathered
+                                else keys_nonempty[m].to(device=device, dtype=torch.bool) for m in mods], 1)
+        return scores, input_embeddings, joint_embeddings, nonempty
+
+    def _forward(self, output: Mapping, anchors, keys: Optional[GlobalKeys]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         mods = self.modalities
         predicted_scores = torch.stack(
             [output["input_anchor_scores"][m] for m in mods]
@@ -243,32 +289,12 @@ class StructurePreservingLoss(nn.Module):
         problems, b, k = predicted_scores.shape
         if k != self.num_anchors:
             raise ValueError(f"anchor scores have K={k}, StructurePreservingLoss was built for K={self.num_anchors}")
-        device = predicted_scores.device
         world = world_size(self.process_group)
         offset = local_row_offset(b, self.process_group)
 
         with torch.no_grad():
-            nonempty_local = torch.stack([output["nonempty"][m].to(device=device) for m in mods], 1).float()
-            input_embeddings = [output["input_embedding"][m].detach().float() for m in mods]
-            joint_embeddings = [output["joint_normalized"][n].detach().float() for n in mods]
-            batch_scores = predicted_scores.detach().float()
-            if world > 1:
-                # One gather for everything the targets and the queues need: (b, P·K + |M|(D+E) + |M|).
-                packed = torch.cat(
-                    [batch_scores.permute(1, 0, 2).reshape(b, problems * k)] + input_embeddings + joint_embeddings
-                    + [nonempty_local],
-                    dim=1,
-                )
-                widths = [problems * k] + [self.input_dim] * len(mods) + [self.joint_dim] * len(mods) + [len(mods)]
-                pieces = all_gather_no_grad(packed, self.process_group).split(widths, dim=1)
-                total_rows = pieces[0].shape[0]
-                batch_scores = pieces[0].reshape(total_rows, problems, k).permute(1, 0, 2)
-                input_embeddings = list(pieces[1 : 1 + len(mods)])
-                joint_embeddings = list(pieces[1 + len(mods) : 1 + 2 * len(mods)])
-                nonempty_global = pieces[-1] > 0.5
-            else:
-                nonempty_global = nonempty_local > 0.5
-
+            batch_scores, input_embeddings, joint_embeddings, nonempty_global = self._global_batch(
+                predicted_scores.detach().float(), output, keys)
             if len(self.input_queues):
                 # First step: fill the queues with repetitions of the global batch before scoring them.
                 for m, rows in zip(mods, input_embeddings):
@@ -284,11 +310,9 @@ class StructurePreservingLoss(nn.Module):
             targets = self._solve(all_scores).narrow(1, queue_rows + offset, b).float()  # (P, b, K)
             gate = self.warmup_gate()
             for m, rows in zip(mods, input_embeddings):
-                if len(self.input_queues):
-                    self.input_queues[m].enqueue(rows)
+                self.input_queues[m].enqueue(rows)
             for n, rows in zip(mods, joint_embeddings):
-                if len(self.joint_queues):
-                    self.joint_queues[n].enqueue(rows)
+                self.joint_queues[n].enqueue(rows)
 
             # Rows where both modalities of a term are nonempty: (T, N) global, (T, b) local.
             anchor_side = nonempty_global[:, self._term_modalities[:, 0]]
