@@ -24,7 +24,11 @@ def write_word_vectors(path: Path, rng: np.random.Generator) -> dict[str, np.nda
     return vectors
 
 
-def write_synthetic_store(root: Path, n_train: int = 48, n_test: int = 24, seed: int = 0) -> Path:
+def write_synthetic_store(root: Path, n_train: int = 48, n_test: int = 24, seed: int = 0,
+                          minilm_dim: int = 0) -> Path:
+    """``minilm_dim > 0`` adds a second text modality ``text_minilm`` (3 class-dependent tokens of that
+    size per item, as a sentence encoder's token states would be), drawn from its own generator so the
+    other modalities do not change."""
     from multisk.data.text import encode_text
     from multisk.data.word_vectors import load_word_vectors
 
@@ -36,17 +40,23 @@ def write_synthetic_store(root: Path, n_train: int = 48, n_test: int = 24, seed:
     encoder = {"name": str(vectors_path), "lowercase": False, "max_words": 20}
     video_basis = rng.standard_normal((len(CLASSES), VIDEO_DIM))
     mel_basis = rng.standard_normal((len(CLASSES), N_MELS))
+    minilm_rng = np.random.default_rng([seed, 1])
+    minilm_basis = minilm_rng.standard_normal((len(CLASSES), max(minilm_dim, 1)))
+    modalities = {"text": TEXT_DIM, "video": VIDEO_DIM, "audio": N_MELS}
+    if minilm_dim:
+        modalities["text_minilm"] = minilm_dim
     for split, count in (("train", n_train), ("test", n_test)):
-        with FeatureStoreWriter(root, split, {"text": TEXT_DIM, "video": VIDEO_DIM, "audio": N_MELS},
-                                metadata={"text_encoder": encoder}) as w:
+        with FeatureStoreWriter(root, split, modalities, metadata={"text_encoder": encoder}) as w:
             for i in range(count):
                 c = int(rng.integers(len(CLASSES)))
                 caption = f"{FILLERS[int(rng.integers(len(FILLERS)))]} {FILLERS[int(rng.integers(len(FILLERS)))]} {CLASSES[c]}"
                 text = encode_text(kv, caption)
                 video = None if i % 4 == 3 else video_basis[c] + 0.3 * rng.standard_normal((3, VIDEO_DIM))
                 audio = None if i % 3 == 2 else mel_basis[c] + 0.3 * rng.standard_normal((int(rng.integers(40, 130)), N_MELS))
-                w.add(f"{split}-{i}", {"text": text, "video": video, "audio": audio},
-                      caption=caption, category=CLASSES[c])
+                tokens = {"text": text, "video": video, "audio": audio}
+                if minilm_dim:
+                    tokens["text_minilm"] = minilm_basis[c] + 0.3 * minilm_rng.standard_normal((3, minilm_dim))
+                w.add(f"{split}-{i}", tokens, caption=caption, category=CLASSES[c])
     return root
 
 

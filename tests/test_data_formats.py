@@ -221,7 +221,7 @@ def test_sample_clip_spans_at_least_clip_seconds_and_uses_segment_words():
         assert clip.words == " ".join(seg.text[first:last + 1]).split()
         assert (clip.audio_start, clip.audio_end) == (clip.start, clip.end)
     assert with_text > 50
-    quirk = sample_clip(seg, 40.0, np.random.default_rng(3), clip_seconds=8.0, audio_offset_quirk=True)
+    quirk = sample_clip(seg, 40.0, np.random.default_rng(3), clip_seconds=8.0, text_audio_misaligned=True)
     if quirk.segments is not None:
         assert quirk.audio_start == pytest.approx(quirk.start + 4.0)
         assert quirk.audio_end == pytest.approx(quirk.start + 12.0)

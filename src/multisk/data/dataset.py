@@ -21,6 +21,12 @@ fits the padded length:
 
 Every crop is a pure function of the item, so the dataset is deterministic and any sampler (including
 ``DistributedSampler``) sees the same data on every rank.
+
+Batch transport: with DataLoader workers every collated batch crosses shared memory (``/dev/shm``)
+and is then copied to the device. ``dtypes={"video": torch.float16}`` collates the video features in
+half precision (half the bytes of the largest tensor; the consumer upcasts on the device);
+:func:`batch_nbytes` and :func:`loader_shared_memory_bytes` give the bytes involved (docs/data.md has
+the sizing rule).
 """
 
 from __future__ import annotations
@@ -37,6 +43,65 @@ from multisk.data.feature_store import FeatureStore, FeatureStoreError
 
 MODALITY_ORDER = ("text", "video", "audio")
 CROP_MODES = ("center", "start", "even")
+TRANSPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def resolve_dtype(value: Any) -> torch.dtype:
+    """``None`` / ``"float32"`` / ``"float16"`` / a torch float dtype -> torch dtype (None = float32)."""
+    if value is None:
+        return torch.float32
+    if isinstance(value, torch.dtype):
+        return value
+    if value in TRANSPORT_DTYPES:
+        return TRANSPORT_DTYPES[value]
+    raise ValueError(f"unknown transport dtype {value!r} (known: {', '.join(TRANSPORT_DTYPES)})")
+
+
+def batch_nbytes(
+    batch_items: int,
+    max_tokens: Mapping[str, int],
+    dims: Mapping[str, int],
+    dtypes: Optional[Mapping[str, Any]] = None,
+) -> int:
+    """Bytes of the tensors of one batch from :func:`collate_batch` with fixed ``pad_to=max_tokens``.
+
+    ``sum_m B * L_m * D_m * itemsize_m`` (values) ``+ sum_m B * L_m * 4`` (float32 masks) ``+ 8 B``
+    (int64 index), for B = ``batch_items`` and modality m with padded length L_m, feature size D_m.
+    The paper's global batch (2160 clips; 20 x 300 text, 12 x 4096 video, 768 x 40 audio) is 748.9 MB
+    in float32 and 536.5 MB with float16 video; one of 8 ranks' shares (270 clips) is 67.1 MB.
+    """
+    dtypes = dtypes or {}
+    total = 0
+    for modality in MODALITY_ORDER:
+        length, dim = int(max_tokens[modality]), int(dims[modality])
+        itemsize = torch.tensor([], dtype=resolve_dtype(dtypes.get(modality))).element_size()
+        total += batch_items * length * (dim * itemsize + 4)
+    return total + 8 * batch_items
+
+
+def loader_shared_memory_bytes(batch_bytes: int, num_workers: int, prefetch_factor: int, ranks: int = 1) -> int:
+    """Upper bound of the shared memory that DataLoader batches occupy: ``ranks * (W * P + 1) * batch``.
+
+    With ``W = num_workers > 0`` workers each rank's loader keeps ``W * P`` batches requested ahead
+    (``P = prefetch_factor``); a finished batch waits in shared memory until the training loop takes it,
+    and the one being taken is the ``+ 1``. ``num_workers = 0`` loads in the main process: no shared
+    memory (0). ``ranks``: processes on the node (they share its ``/dev/shm``).
+    """
+    if num_workers < 0 or prefetch_factor < 1 or ranks < 1:
+        raise ValueError(f"need num_workers >= 0, prefetch_factor >= 1, ranks >= 1; got {num_workers}, "
+                         f"{prefetch_factor}, {ranks}")
+    if num_workers == 0:
+        return 0
+    return ranks * (num_workers * prefetch_factor + 1) * int(batch_bytes)
+
+
+def max_workers_within(budget_bytes: int, batch_bytes: int, prefetch_factor: int, ranks: int = 1) -> int:
+    """The most workers per rank whose :func:`loader_shared_memory_bytes` stays within ``budget_bytes``.
+
+    ``floor((budget / (ranks * batch) - 1) / prefetch_factor)``, at least 0.
+    """
+    per_rank_batches = budget_bytes // (ranks * int(batch_bytes))
+    return max(0, int((per_rank_batches - 1) // prefetch_factor))
 
 
 def crop_tokens(tokens: np.ndarray, max_len: int, mode: str = "start") -> np.ndarray:
@@ -63,7 +128,11 @@ def crop_tokens(tokens: np.ndarray, max_len: int, mode: str = "start") -> np.nda
     raise ValueError(f"unknown crop mode {mode!r} (known: {', '.join(CROP_MODES)})")
 
 
-def collate_batch(items: Sequence[Mapping[str, Any]], pad_to: Optional[Mapping[str, int]] = None) -> Dict[str, Any]:
+def collate_batch(
+    items: Sequence[Mapping[str, Any]],
+    pad_to: Optional[Mapping[str, int]] = None,
+    dtypes: Optional[Mapping[str, Any]] = None,
+) -> Dict[str, Any]:
     """Stack per-item dicts into the batch dict of docs/architecture.md.
 
     Args:
@@ -71,10 +140,12 @@ def collate_batch(items: Sequence[Mapping[str, Any]], pad_to: Optional[Mapping[s
         pad_to: modality -> fixed padded length (text tokens, video tokens, audio frames). A modality not
             given pads to the longest item in the batch (at least 1, so an all-empty modality still has a
             well-formed, fully masked tensor). Fixed lengths keep shapes static across steps.
+        dtypes: modality -> dtype of its values (``"float16"`` / ``torch.float16``; default float32).
+            Masks are always float32.
 
     Returns:
         ``text`` (B, Lt, Dt), ``text_mask`` (B, Lt), ``video`` (B, Lv, Dv), ``video_mask`` (B, Lv),
-        ``audio`` (B, n_mels, F), ``audio_mask`` (B, F) — float32, masks 0/1 with ``mask[b, j] = 1`` iff
+        ``audio`` (B, n_mels, F), ``audio_mask`` (B, F) — float32 unless ``dtypes`` says otherwise, masks 0/1 with ``mask[b, j] = 1`` iff
         ``j < len_b`` — plus ``index`` (B,) int64 and ``id`` list[str]. Padding positions are 0.
 
     Raises:
@@ -83,6 +154,7 @@ def collate_batch(items: Sequence[Mapping[str, Any]], pad_to: Optional[Mapping[s
     if not items:
         raise ValueError("collate_batch: empty batch")
     pad_to = dict(pad_to or {})
+    dtypes = dict(dtypes or {})
     batch: Dict[str, Any] = {}
     size = len(items)
     for modality in MODALITY_ORDER:
@@ -99,11 +171,12 @@ def collate_batch(items: Sequence[Mapping[str, Any]], pad_to: Optional[Mapping[s
             raise ValueError(
                 f"collate_batch: item {worst!r} field {modality!r} has {max(lengths)} tokens, more than pad_to={length}"
             )
-        values = torch.zeros(size, length, dim, dtype=torch.float32)
+        dtype = resolve_dtype(dtypes.get(modality))
+        values = torch.zeros(size, length, dim, dtype=dtype)
         mask = torch.zeros(size, length, dtype=torch.float32)
         for b, (array, n) in enumerate(zip(arrays, lengths)):
             if n:
-                values[b, :n] = array.to(torch.float32)
+                values[b, :n] = array.to(dtype)
                 mask[b, :n] = 1.0
         if modality == "audio":
             values = values.transpose(1, 2).contiguous()  # (B, F, n_mels) -> (B, n_mels, F)
@@ -127,6 +200,7 @@ class FeatureStoreDataset(Dataset):
             fixed padded length used by :attr:`collate_fn`.
         dims: model modality -> feature size, required only for modalities absent from the store.
         video_crop / audio_crop: crop modes (module docstring).
+        video_dtype: dtype of the collated ``video`` in :attr:`collate_fn` (None = float32).
 
     Attributes:
         ids, captions, categories: per-item lists from ``items.jsonl`` (None where absent), used by
@@ -144,8 +218,10 @@ class FeatureStoreDataset(Dataset):
         dims: Optional[Mapping[str, int]] = None,
         video_crop: str = "center",
         audio_crop: str = "center",
+        video_dtype: Any = None,
     ) -> None:
         self.store = FeatureStore(root, split)
+        self.video_dtype = video_dtype
         self.modality_map = dict(modality_map) if modality_map is not None else {m: m for m in MODALITY_ORDER}
         unknown = set(self.modality_map) - set(MODALITY_ORDER)
         if unknown:
@@ -186,10 +262,33 @@ class FeatureStoreDataset(Dataset):
     def __len__(self) -> int:
         return len(self.store)
 
+    def shuffle_captions(self, fraction: float, seed: int) -> np.ndarray:
+        """Misalign a seeded ``fraction`` of the pairs (weakly aligned data, as HowTo100M's ASR is).
+
+        ``m = round(fraction * n_text)`` of the items with text are drawn with ``seed``; in the drawn
+        order, item j takes the text of item j + 1 (the last takes the first's), so every drawn item
+        gets another item's caption (m = 1 changes nothing). Only the text is moved; pictures and
+        sounds stay. Returns ``text_source`` (N,) int64: item i reads the text of item text_source[i].
+        """
+        if not 0.0 <= fraction <= 1.0:
+            raise FeatureStoreError(f"data.corrupt_fraction: must be in [0, 1], got {fraction}")
+        name = self._source["text"]
+        with_text = [i for i in range(len(self)) if name is not None and self.store.has(name, i)]
+        count = int(round(fraction * len(with_text)))
+        drawn = np.random.default_rng(seed).permutation(np.asarray(with_text, dtype=np.int64))[:count]
+        source = np.arange(len(self), dtype=np.int64)
+        if count >= 2:
+            source[drawn] = np.roll(drawn, -1)
+            self.captions = [self.captions[int(j)] for j in source]
+        self.text_source = source
+        return source
+
     def _tokens(self, modality: str, index: int) -> np.ndarray:
         name = self._source[modality]
         if name is None:
             return np.zeros((0, self.dims[modality]), dtype=np.float32)
+        if modality == "text" and getattr(self, "text_source", None) is not None:
+            index = int(self.text_source[index])  # shuffle_captions moved this item's caption
         tokens = self.store.tokens(name, index)
         mode = {"text": "start", "video": self.video_crop, "audio": self.audio_crop}[modality]
         # a copy: the memory map is read-only and torch tensors must own writable memory
@@ -207,7 +306,11 @@ class FeatureStoreDataset(Dataset):
     @property
     def collate_fn(self) -> Callable[[Sequence[Mapping[str, Any]]], Dict[str, Any]]:
         """:func:`collate_batch` padding to the fixed ``max_tokens`` lengths (static shapes)."""
-        return partial(collate_batch, pad_to=dict(self.max_tokens))
+        dtypes = {"video": self.video_dtype} if self.video_dtype is not None else None
+        return partial(collate_batch, pad_to=dict(self.max_tokens), dtypes=dtypes)
 
 
-__all__ = ["CROP_MODES", "FeatureStoreDataset", "MODALITY_ORDER", "collate_batch", "crop_tokens"]
+__all__ = [
+    "CROP_MODES", "FeatureStoreDataset", "MODALITY_ORDER", "TRANSPORT_DTYPES", "batch_nbytes", "collate_batch",
+    "crop_tokens", "loader_shared_memory_bytes", "max_workers_within", "resolve_dtype",
+]

@@ -26,13 +26,28 @@ each step adds the neighbour that keeps the span shorter (the previous one on ti
 side at a video border) — until it spans at least ``clip_seconds``; the clip is then the grown span and
 its text the words of its segments. Words are kept in time order (the reference appends a previous
 segment's words after the current ones; with the 20-word limit time order keeps the first words of the
-span). Otherwise the clip has no text. Video tokens come from the clip span, audio from the same span
-(``audio_offset_quirk=True`` reproduces the reference, whose audio window always starts
-``clip_seconds / 2`` = 4 s after the span start and lasts ``clip_seconds``; default off).
+span). Otherwise the clip has no text. Video tokens come from the clip span. Audio:
+
+* ``text_audio_misaligned=False`` (EAO's own ablation, the default of the library): audio frames of the
+  same span, ``[frame(span_start), frame(span_end))``, at most ``max_audio_frames``;
+* ``text_audio_misaligned=True`` (EAO's and the paper's pre-training, ``flag_text_audio_misaligned:
+  true`` in both; ``data.flag_text_audio_misaligned`` in the config, on in ``configs/paper/``): the audio
+  window starts ``clip_seconds / 2`` (4 s) after the span start and lasts ``clip_seconds``, so it may
+  run past the span (and is shorter where the spectrogram ends first). This disentangles audio from the
+  ASR text, which is a transcript of that same audio.
+
+A clip without ASR text takes ``max_audio_frames`` frames from its start in both modes (the reference).
+Here ``frame(t) = floor((t * 16000 - 200) / 160)`` (librosa's ``time_to_frames`` with n_fft 400, hop 160).
+
+Memory: ``caption.pickle`` holds ~1.2M Python dicts. Python objects touched by a DataLoader worker (even
+by the garbage collector) are copied into that worker, so a dict shared by fork slowly becomes a copy per
+worker and rank. :class:`CaptionTable` therefore packs the captions of the CSV's videos into a few flat
+numpy arrays (segment times, UTF-8 text bytes + offsets) right after loading and drops the dict.
 """
 
 from __future__ import annotations
 
+import csv as csv_module
 import math
 import os
 import pickle
@@ -282,9 +297,14 @@ def sample_clip(
     duration: float,
     rng: np.random.Generator,
     clip_seconds: float = 8.0,
-    audio_offset_quirk: bool = False,
+    text_audio_misaligned: bool = False,
 ) -> ClipSpan:
-    """Draw one training clip by the rule in the module docstring (SPEC §5)."""
+    """Draw one training clip by the rule in the module docstring (SPEC §5).
+
+    With ASR text, ``(start, end)`` is the grown segment span ``[S, E]`` and the audio span is ``[S, E]``,
+    or ``[S + clip_seconds / 2, S + 3 * clip_seconds / 2]`` when ``text_audio_misaligned``. Without text
+    both spans are ``[start, start + clip_seconds]``. ``rng.random()`` is drawn exactly once.
+    """
     from multisk.data.text import tokenize
 
     start = float(rng.random()) * max(0.0, duration - clip_seconds)
@@ -305,7 +325,7 @@ def sample_clip(
         words.extend(tokenize(segments.text[j]))  # type: ignore[union-attr]
     span_start, span_end = float(segments.start[first]), float(segments.end[last])  # type: ignore[union-attr]
     audio_start, audio_end = span_start, span_end
-    if audio_offset_quirk:
+    if text_audio_misaligned:
         audio_start = span_start + 0.5 * clip_seconds
         audio_end = audio_start + clip_seconds
     return ClipSpan(span_start, span_end, audio_start, audio_end, (first, last), words)
@@ -316,23 +336,137 @@ def sample_clip(
 
 
 def read_video_csv(path: str | Path) -> List[str]:
-    """The ``path`` column of a HowTo100M CSV (``None/`` prefixes removed, as in the reference)."""
-    import pandas as pd
+    """The ``path`` column of a HowTo100M CSV (``None/`` prefixes removed, as in the reference).
 
+    Read with the standard library's ``csv`` module (no pandas: ``pip install multisk`` without extras
+    converts and trains on HowTo100M). Like ``pandas.read_csv``: the first row is the header, other
+    columns are ignored, blank lines are skipped, a UTF-8 byte-order mark is dropped.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"{path}: field 'path': CSV file not found")
+    paths: List[str] = []
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise DataFormatError(f"{path}: not a readable CSV ({type(err).__name__}: {err})") from None
-    if "path" not in frame.columns:
-        raise DataFormatError(f"{path}: missing field 'path' (columns: {', '.join(map(str, frame.columns))})")
-    paths = [p.replace("None/", "").strip().strip("/") for p in frame["path"].tolist()]
-    for row, p in enumerate(paths, start=2):
-        if not p:
-            raise DataFormatError(f"{path}: line {row} field 'path' is empty")
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv_module.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                raise DataFormatError(f"{path}: empty CSV (expected a header row with a field 'path')")
+            columns = [name.strip() for name in header]
+            if "path" not in columns:
+                raise DataFormatError(f"{path}: missing field 'path' (columns: {', '.join(columns)})")
+            column = columns.index("path")
+            for row in reader:
+                if not row or all(not cell.strip() for cell in row):
+                    continue  # blank line
+                value = row[column] if column < len(row) else ""
+                cleaned = value.replace("None/", "").strip().strip("/")
+                if not cleaned:
+                    raise DataFormatError(f"{path}: line {reader.line_num} field 'path' is empty")
+                paths.append(cleaned)
+    except UnicodeDecodeError as err:
+        raise DataFormatError(f"{path}: not a readable CSV (not UTF-8: {err})") from None
+    except csv_module.Error as err:
+        raise DataFormatError(f"{path}: not a readable CSV (line {reader.line_num}: {err})") from None
     return paths
+
+
+class PackedStrings:
+    """Many strings in two numpy arrays: UTF-8 bytes ``data`` (N_bytes,) uint8 and ``offsets`` (n + 1,) int64.
+
+    String ``i`` is ``data[offsets[i]:offsets[i + 1]].decode()``. Two arrays instead of n Python objects:
+    a forked DataLoader worker shares them with its parent (no reference counts or GC headers are
+    written, so no page is copied), and pickling them to a spawned worker is one buffer each.
+    """
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray) -> None:
+        self.data = np.asarray(data, dtype=np.uint8)
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        if self.offsets.ndim != 1 or len(self.offsets) < 1 or self.offsets[0] != 0 or self.offsets[-1] != len(self.data):
+            raise ValueError("PackedStrings: offsets must start at 0 and end at len(data)")
+
+    @classmethod
+    def from_strings(cls, strings: Sequence[str]) -> "PackedStrings":
+        encoded = [s.encode("utf-8") for s in strings]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in encoded], out=offsets[1:])
+        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> str:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} strings")
+        index %= len(self)
+        return self.data[self.offsets[index] : self.offsets[index + 1]].tobytes().decode("utf-8")
+
+    def slice(self, first: int, stop: int) -> List[str]:
+        """Strings ``first .. stop - 1`` as a list."""
+        return [self[i] for i in range(first, stop)]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes + self.offsets.nbytes)
+
+
+class CaptionTable:
+    """The ASR captions of a list of videos as flat arrays (one row range per video).
+
+    ``video_offsets`` (V + 1,) int64: video ``v``'s segments are rows ``video_offsets[v]:video_offsets[v+1]``
+    of ``start`` / ``end`` (N,) float64 and ``text`` (:class:`PackedStrings`, N strings). ``present``
+    (V,) bool: whether ``caption.pickle`` has an entry for the video. An entry that fails
+    :func:`check_segments` is stored as its error message (``errors``: video row -> message) and raised
+    when the video is read, so one bad entry fails that video, by name, exactly as before packing.
+    """
+
+    def __init__(self, captions: Mapping[str, Any], video_ids: Sequence[str], where: str) -> None:
+        starts: List[np.ndarray] = []
+        ends: List[np.ndarray] = []
+        texts: List[str] = []
+        counts = np.zeros(len(video_ids), dtype=np.int64)
+        self.present = np.zeros(len(video_ids), dtype=bool)
+        self.errors: Dict[int, str] = {}
+        for row, video_id in enumerate(video_ids):
+            entry = captions.get(video_id)
+            if entry is None:
+                continue
+            self.present[row] = True
+            try:
+                segments = check_segments(entry, f"{where}: video {video_id!r}")
+            except DataFormatError as err:
+                self.errors[row] = str(err)
+                continue
+            starts.append(segments.start)
+            ends.append(segments.end)
+            texts.extend(segments.text)
+            counts[row] = len(segments.start)
+        self.video_offsets = np.zeros(len(video_ids) + 1, dtype=np.int64)
+        np.cumsum(counts, out=self.video_offsets[1:])
+        self.start = np.concatenate(starts) if starts else np.zeros(0, dtype=np.float64)
+        self.end = np.concatenate(ends) if ends else np.zeros(0, dtype=np.float64)
+        self.text = PackedStrings.from_strings(texts)
+
+    def __len__(self) -> int:
+        return len(self.present)
+
+    def segments(self, row: int) -> Optional[CaptionSegments]:
+        """Segments of video ``row`` (None when the pickle has no entry for it)."""
+        if row in self.errors:
+            raise DataFormatError(self.errors[row])
+        if not self.present[row]:
+            return None
+        first, stop = int(self.video_offsets[row]), int(self.video_offsets[row + 1])
+        return CaptionSegments(self.start[first:stop], self.end[first:stop], self.text.slice(first, stop))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in arrays (what every worker shares)."""
+        arrays = (self.video_offsets, self.present, self.start, self.end)
+        return int(sum(a.nbytes for a in arrays) + self.text.nbytes)
 
 
 @dataclass
@@ -376,8 +510,16 @@ class HowTo100MDataset:
         word_vectors: a ``KeyedVectors`` or a spec for :func:`multisk.data.word_vectors.load_word_vectors`.
         max_words / max_video_tokens / max_audio_frames: crop lengths (first words / first time steps /
             first frames of the span, as the reference); 20 / 12 / 768 for 8 s clips.
+        text_audio_misaligned: audio window ``clip_seconds / 2`` after the span start, ``clip_seconds``
+            long (module docstring; the paper's pre-training). ``audio_offset_quirk`` is its old name.
         lowercase: lower-case words before the vocabulary look-up (GloVe); default: True only for the
             packaged GloVe.
+        video_dtype: dtype of the collated ``video`` tensor (``torch.float16`` halves the batch that
+            workers pass through shared memory and copy to the device; the L2-normalised halves lose
+            at most ~2.4e-4 relative per token, docs/data.md). Items stay float32.
+
+    Memory: the CSV paths and the captions of its videos are held as flat arrays (:class:`PackedStrings`,
+    :class:`CaptionTable`), not as Python objects, so DataLoader workers share them instead of copying.
     """
 
     def __init__(
@@ -393,15 +535,17 @@ class HowTo100MDataset:
         max_video_tokens: int = 12,
         max_audio_frames: int = 768,
         features_path_3d: Optional[str | Path] = None,
-        audio_offset_quirk: bool = False,
+        text_audio_misaligned: bool = False,
         lowercase: Optional[bool] = None,
         strict_files: bool = False,
         seed: int = 0,
+        video_dtype: Any = None,
+        audio_offset_quirk: Optional[bool] = None,
     ) -> None:
         from multisk.data.word_vectors import PACKAGED_GLOVE, load_word_vectors
 
         self.csv = Path(csv)
-        self.video_paths = read_video_csv(self.csv)
+        self.video_paths = PackedStrings.from_strings(read_video_csv(self.csv))
         self.features_path = Path(features_path)
         self.features_path_3d = Path(features_path_3d) if features_path_3d is not None else self.features_path
         self.audio_path = Path(audio_path)
@@ -410,7 +554,9 @@ class HowTo100MDataset:
             if not directory.is_dir():
                 raise DataFormatError(f"{directory}: field {field!r}: directory not found")
         self.caption_path = Path(caption_path)
-        self.captions = load_howto_captions(self.caption_path)
+        # packed right away; the dict (a Python object per video and segment) is dropped on return
+        self.captions = CaptionTable(load_howto_captions(self.caption_path),
+                                     [self.video_id(i) for i in range(len(self.video_paths))], str(self.caption_path))
         if isinstance(word_vectors, (str, os.PathLike)):
             if lowercase is None:
                 lowercase = str(word_vectors) == PACKAGED_GLOVE
@@ -422,7 +568,10 @@ class HowTo100MDataset:
         self.clips_per_video = int(clips_per_video)
         self.clip_seconds = float(clip_seconds)
         self.max_tokens = {"text": int(max_words), "video": int(max_video_tokens), "audio": int(max_audio_frames)}
-        self.audio_offset_quirk = bool(audio_offset_quirk)
+        if audio_offset_quirk is not None:
+            text_audio_misaligned = bool(audio_offset_quirk)
+        self.text_audio_misaligned = bool(text_audio_misaligned)
+        self.video_dtype = video_dtype
         self.strict_files = bool(strict_files)
         self.seed = int(seed)
         self.epoch = 0
@@ -432,6 +581,11 @@ class HowTo100MDataset:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    @property
+    def audio_offset_quirk(self) -> bool:
+        """Old name of :attr:`text_audio_misaligned` (read by callers written before the rename)."""
+        return self.text_audio_misaligned
 
     def video_id(self, index: int) -> str:
         return self.video_paths[index].split("/")[-1]
@@ -449,10 +603,8 @@ class HowTo100MDataset:
         f2d = self._optional_npz(self.features_path / rel / f"{video_id}_2d.npz", "features", (None, FEATURE_DIM_2D))
         f3d = self._optional_npz(self.features_path_3d / rel / f"{video_id}_3d.npz", "features", (None, FEATURE_DIM_3D))
         spec = self._optional_npz(self.audio_path / rel / f"{video_id}_spec.npz", "arr_0", (N_MELS, None))
-        segments = None
-        if video_id in self.captions:
-            segments = check_segments(self.captions[video_id], f"{self.caption_path}: video {video_id!r}")
-        elif self.strict_files:
+        segments = self.captions.segments(index)
+        if segments is None and self.strict_files:
             raise DataFormatError(f"{self.caption_path}: field {video_id!r}: no captions for this video")
         frames = None if spec is None else np.ascontiguousarray(spec.T)
         return VideoFeatures(video_id, f2d, f3d, frames, segments)
@@ -499,7 +651,7 @@ class HowTo100MDataset:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         items = []
         for k in range(self.clips_per_video):
-            clip = sample_clip(video.segments, video.duration, rng, self.clip_seconds, self.audio_offset_quirk)
+            clip = sample_clip(video.segments, video.duration, rng, self.clip_seconds, self.text_audio_misaligned)
             item = self.clip_item(video, clip, index * self.clips_per_video + k)
             if as_tensors:
                 for m in ("text", "video", "audio"):
@@ -517,18 +669,23 @@ class HowTo100MDataset:
         """Flatten per-video clip lists and collate to the batch dict with fixed padded lengths."""
         from functools import partial
 
-        return partial(collate_video_clips, pad_to=dict(self.max_tokens))
+        dtypes = {"video": self.video_dtype} if self.video_dtype is not None else None
+        return partial(collate_video_clips, pad_to=dict(self.max_tokens), dtypes=dtypes)
 
 
-def collate_video_clips(videos: Sequence[Sequence[Mapping[str, Any]]], pad_to: Optional[Mapping[str, int]] = None) -> Dict[str, Any]:
+def collate_video_clips(
+    videos: Sequence[Sequence[Mapping[str, Any]]],
+    pad_to: Optional[Mapping[str, int]] = None,
+    dtypes: Optional[Mapping[str, Any]] = None,
+) -> Dict[str, Any]:
     """Flatten ``[[clip, ...], ...]`` (B videos x C clips) into one batch of B*C clips (batch dict)."""
     from multisk.data.dataset import collate_batch
 
-    return collate_batch([clip for clips in videos for clip in clips], pad_to=pad_to)
+    return collate_batch([clip for clips in videos for clip in clips], pad_to=pad_to, dtypes=dtypes)
 
 
 __all__ = [
-    "CaptionSegments", "ClipSpan", "HowTo100MDataset", "VideoFeatures", "check_array", "check_segments",
+    "CaptionSegments", "CaptionTable", "ClipSpan", "PackedStrings", "HowTo100MDataset", "VideoFeatures", "check_array", "check_segments",
     "collate_video_clips", "combine_video_features", "feature_slice", "frames_to_seconds", "grow_segment",
     "l2_normalize_rows", "load_howto_captions", "load_npz_array", "nearest_resample", "read_pickle",
     "read_video_csv", "sample_clip", "seconds_to_frame",
