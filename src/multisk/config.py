@@ -106,7 +106,16 @@ class DataConfig:
     max_text_tokens: int = 20
     max_video_tokens: int = 12
     max_audio_frames: int = 768
+    # DataLoader processes per rank, and batches each keeps requested ahead. Shared memory per node is
+    # about ranks x (num_workers x prefetch_factor + 1) x per-rank batch bytes (docs/data.md has the rule;
+    # multisk.train.data.estimate_loader_memory computes it for a config)
     num_workers: int = 0
+    prefetch_factor: int = 2
+    # dtype of the collated training video features between worker and device: "float16" halves the
+    # largest tensor of a batch; exact for float16 stores (the default storage dtype), <= 2.4e-4 relative
+    # error per L2-normalised 2048-d half of HowTo100M's float32 features (docs/data.md); the trainer
+    # widens it to float32 on the device
+    video_transfer_dtype: str = "float16"
     # HowTo100M layout (SPEC §6); only read when train_format == "howto100m"
     howto_csv: str = ""
     howto_features_path: str = ""
@@ -115,6 +124,9 @@ class DataConfig:
     word_vectors: str = ""
     clips_per_video: int = 10
     clip_seconds: float = 8.0
+    # EAO's audio-text disentangling (SPEC §5): the audio window starts clip_seconds / 2 after the text
+    # span's start and lasts clip_seconds (it may run past the span); false = audio of the text span
+    flag_text_audio_misaligned: bool = False
 
 
 @dataclass
@@ -185,6 +197,11 @@ def _check(cfg: Config) -> None:
     c = cfg.loss.contrastive
     if c.kind not in ("norm_softmax", "mms"):
         raise ConfigError(f"loss.contrastive.kind: expected 'norm_softmax' or 'mms', got {c.kind!r}")
+    d = cfg.data
+    if d.num_workers < 0 or d.prefetch_factor < 1:
+        raise ConfigError(f"data.num_workers / data.prefetch_factor: need >= 0 / >= 1, got {d.num_workers} / {d.prefetch_factor}")
+    if d.video_transfer_dtype not in ("float32", "float16"):
+        raise ConfigError(f"data.video_transfer_dtype: expected 'float32' or 'float16', got {d.video_transfer_dtype!r}")
     t = cfg.train
     if t.precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"train.precision: expected fp32, bf16 or fp16, got {t.precision!r}")

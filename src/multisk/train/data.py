@@ -27,15 +27,21 @@ def _store_modalities(cfg: Config) -> Dict[str, str]:
     return {m: cfg.data.modality_map[m] for m in cfg.model.modalities}
 
 
+def _dims(cfg: Config) -> Dict[str, int]:
+    return {"text": cfg.model.text_dim, "video": cfg.model.video_dim, "audio": cfg.model.audio_mels}
+
+
 def store_dataset(cfg: Config, root: str, split: str) -> FeatureStoreDataset:
     """One split of a feature store as the model of ``cfg`` expects it (modality map, crops, dims)."""
-    dims = {"text": cfg.model.text_dim, "video": cfg.model.video_dim, "audio": cfg.model.audio_mels}
-    return FeatureStoreDataset(root, split, _store_modalities(cfg), _max_tokens(cfg), dims=dims)
+    return FeatureStoreDataset(root, split, _store_modalities(cfg), _max_tokens(cfg), dims=_dims(cfg))
 
 
 def build_train_dataset(cfg: Config) -> Dataset:
+    """The training set of ``cfg.data`` (its ``collate_fn`` collates video as ``data.video_transfer_dtype``)."""
     if cfg.data.train_format == "store":
-        return store_dataset(cfg, cfg.data.root, cfg.data.train_split)
+        dataset = store_dataset(cfg, cfg.data.root, cfg.data.train_split)
+        dataset.video_dtype = cfg.data.video_transfer_dtype
+        return dataset
     if cfg.data.train_format == "howto100m":
         from multisk.data.howto100m import HowTo100MDataset
 
@@ -44,6 +50,7 @@ def build_train_dataset(cfg: Config) -> Dataset:
             d.howto_csv, d.howto_features_path, d.howto_audio_path, d.howto_caption_path, d.word_vectors,
             clips_per_video=d.clips_per_video, clip_seconds=d.clip_seconds, max_words=d.max_text_tokens,
             max_video_tokens=d.max_video_tokens, max_audio_frames=d.max_audio_frames, seed=cfg.train.seed,
+            text_audio_misaligned=d.flag_text_audio_misaligned, video_dtype=d.video_transfer_dtype,
         )
     from multisk.config import ConfigError
 
@@ -57,9 +64,49 @@ def build_eval_datasets(cfg: Config) -> Dict[str, FeatureStoreDataset]:
     return {split: store_dataset(cfg, cfg.data.root, split) for split in cfg.data.eval_splits}
 
 
+def estimate_loader_memory(cfg: Config, world_size: int = 1, ranks_per_node: int | None = None) -> Dict[str, int]:
+    """Shared memory the training DataLoaders of ``cfg`` occupy on one node (bytes; docs/data.md).
+
+    ``train.batch_size`` is the global batch (videos for HowTo100M, items for a store); each of
+    ``world_size`` ranks collates ``batch_size / world_size`` of it (x ``clips_per_video`` for HowTo100M)
+    at the fixed padded lengths. Returns ``batch_items`` (per rank), ``batch_bytes`` (one rank's batch,
+    :func:`multisk.data.dataset.batch_nbytes`), ``per_rank_bytes`` and ``node_bytes``
+    (:func:`multisk.data.dataset.loader_shared_memory_bytes` with 1 and ``ranks_per_node`` ranks;
+    default: every rank on one node).
+    """
+    from multisk.data.dataset import batch_nbytes, loader_shared_memory_bytes
+
+    d = cfg.data
+    ranks_per_node = world_size if ranks_per_node is None else ranks_per_node
+    per_rank = -(-cfg.train.batch_size // world_size)  # ceil: the largest share when it does not divide
+    items = per_rank * (d.clips_per_video if d.train_format == "howto100m" else 1)
+    batch = batch_nbytes(items, _max_tokens(cfg), _dims(cfg), {"video": d.video_transfer_dtype})
+    return {
+        "batch_items": items,
+        "batch_bytes": batch,
+        "per_rank_bytes": loader_shared_memory_bytes(batch, d.num_workers, d.prefetch_factor, 1),
+        "node_bytes": loader_shared_memory_bytes(batch, d.num_workers, d.prefetch_factor, ranks_per_node),
+    }
+
+
+def loader_options(cfg: Config, device_type: str = "cpu") -> Dict[str, object]:
+    """Keyword arguments for the training ``DataLoader``: workers, prefetch depth, pinned memory.
+
+    ``prefetch_factor`` is only given with workers (torch rejects it otherwise). Workers are not
+    persistent: each epoch's loader forks them anew, so ``set_epoch`` on the dataset reaches them.
+    """
+    options: Dict[str, object] = {"num_workers": cfg.data.num_workers, "pin_memory": device_type == "cuda"}
+    if cfg.data.num_workers > 0:
+        options["prefetch_factor"] = cfg.data.prefetch_factor
+    return options
+
+
 def collate_fn_for(dataset) -> Callable:
     """The dataset's own collate (fixed padding for stores, clip flattening for HowTo100M)."""
     return getattr(dataset, "collate_fn", collate_batch)
 
 
-__all__ = ["build_eval_datasets", "build_train_dataset", "collate_fn_for", "store_dataset"]
+__all__ = [
+    "build_eval_datasets", "build_train_dataset", "collate_fn_for", "estimate_loader_memory", "loader_options",
+    "store_dataset",
+]
