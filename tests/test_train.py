@@ -102,10 +102,11 @@ def test_distributed_torchrun_two_processes_match_one_process_on_the_global_batc
     # as in the reference's DataParallel; text + video have no batch statistics, so these runs must agree
     steps = {"train.steps": 4, "train.epochs": 1, "model.modalities": "[text,video]",
              "loss.contrastive.pair_weights.text-audio": 0.0, "loss.contrastive.pair_weights.video-audio": 0.0}
+    # train.batch_size is the GLOBAL batch under torchrun: 8 = 2 processes x 4, as the single process's 8
     ddp = tmp_path / "ddp"
     result = subprocess.run(
         [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "multisk.cli", "train", "--no-progress",
-         "--config", str(CONFIG), *tiny_overrides(store, ddp, **steps, **{"train.batch_size": 4})],
+         "--config", str(CONFIG), *tiny_overrides(store, ddp, **steps, **{"train.batch_size": 8})],
         env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     single = tmp_path / "single"
@@ -116,6 +117,9 @@ def test_distributed_torchrun_two_processes_match_one_process_on_the_global_batc
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=2e-4, abs=1e-5), f"step {step}"
     assert (ddp / "checkpoints" / "latest.pt").is_file()
+    first = json.loads((ddp / "metrics.jsonl").read_text().splitlines()[0])
+    assert (first["world_size"], first["global_batch_size"], first["per_rank_batch_size"]) == (2, 8, 4)
+    assert "global batch 8 = 2 x 4 per process" in result.stderr + result.stdout
 
 
 def test_init_checkpoint_starts_fine_tuning_from_the_given_weights(store, tmp_path):

@@ -1,11 +1,15 @@
 """The training application: ``multisk train --config FILE [key=value ...] [--resume latest]``.
 
-One process by default; under ``torchrun`` each process takes a shard of every global batch
-(:mod:`multisk.train.sampling`), the model is wrapped in DDP and the losses use the global batch.
+One process by default; under ``torchrun`` ``train.batch_size`` is still the GLOBAL batch: each of the
+W processes takes ``batch_size / W`` items of every global batch (:mod:`multisk.train.sampling`), the
+model is wrapped in DDP and the losses use the global batch, so a W-process run follows the
+single-process run on the same batches. The step itself is :mod:`multisk.train.step`; this module is
+the loop around it: data position, logging, checkpoints, evaluation, resume (docs/training.md).
 
 Outputs in ``train.output_dir``: ``config.yaml``, ``metrics.jsonl`` (one JSON object per logged step or
-evaluation), ``tensorboard/``, ``checkpoints/epoch_N.pt`` + ``latest.pt`` (+ ``step_N.pt`` when
-``train.checkpoint_every`` is set), ``results.json`` (final evaluation) and ``plots/``.
+evaluation; the first record of a run gives world size and batch sizes), ``tensorboard/``,
+``checkpoints/epoch_N.pt`` + ``latest.pt`` (+ ``step_N.pt`` when ``train.checkpoint_every`` is set),
+``results.json`` (final evaluation) and ``plots/``.
 """
 
 from __future__ import annotations
@@ -14,28 +18,52 @@ import json
 import math
 import random
 import time
-from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from multisk.config import Config, ConfigError, config_to_dict, config_to_yaml
-from multisk.losses import TrainingObjective
-from multisk.models import build_model
-from multisk.train.checkpoint import (
+from multisk.checkpoint import (
     capture_rng_state,
     load_checkpoint,
     resolve_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
-from multisk.train.data import build_eval_datasets, build_train_dataset, collate_fn_for
-from multisk.train.distributed import DistributedContext, cleanup_distributed, init_distributed
+from multisk.config import Config, ConfigError, config_to_dict, config_to_yaml
+from multisk.evaluate.pipeline import evaluate_model
+from multisk.losses import TrainingObjective
+from multisk.models import build_model
+from multisk.train.data import build_eval_datasets, build_train_dataset, collate_fn_for, loader_options
+from multisk.train.distributed import (
+    DistributedContext,
+    cleanup_distributed,
+    gather_objects,
+    host_barrier,
+    init_distributed,
+)
+from multisk.train.sampling import ResumableBatchSampler
+from multisk.train.step import (
+    DevicePrefetcher,
+    ExponentialMovingAverage,
+    NonFiniteWatch,
+    StepOutput,
+    TrainState,
+    build_optimizer,
+    losses_to_floats,
+    make_grad_scaler,
+    make_train_step,
+)
+
+# Evaluation runs in float32 whatever the training precision, as `multisk eval` does by default (the
+# reference evaluates outside autocast), so results.json equals `multisk eval` on the final checkpoint.
+EVAL_PRECISION = "fp32"
+EVAL_BATCH_SIZE = 256
 
 
 class NonFiniteLossError(RuntimeError):
@@ -46,17 +74,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-
-
-def autocast_context(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def move_batch(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
 class MetricsLog:
@@ -71,15 +88,12 @@ class MetricsLog:
         if resume_step is not None and self.path.exists():
             # drop what a killed run logged after the checkpoint we resume from, so the log reads as
             # one uninterrupted run
-            kept = []
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                record = json.loads(line)
-                if record.get("step", 0) <= resume_step:
-                    kept.append(line)
+            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                    if json.loads(line).get("step", 0) <= resume_step]
             self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
         elif resume_step is None and self.path.exists():
             self.path.unlink()
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # heavy optional dependency
 
         self.tb = SummaryWriter(str(output_dir / "tensorboard"), purge_step=resume_step)
 
@@ -99,235 +113,306 @@ class MetricsLog:
             self.tb = None
 
 
-def _losses_to_floats(losses: Dict[str, torch.Tensor], world_size: int = 1) -> Dict[str, float]:
-    """All loss terms as floats in one host transfer; under DDP the mean over ranks, which is the
-    single-process value on the global batch (each rank's terms are its share times world size)."""
-    keys = list(losses)
-    stacked = torch.stack([losses[k].detach().float().reshape(()) for k in keys])
-    if world_size > 1:
-        torch.distributed.all_reduce(stacked)
-        stacked = stacked / world_size
-    values = stacked.cpu().tolist()
-    return {f"loss/{k}" if k != "loss" else "loss": v for k, v in zip(keys, values)}
+@dataclass
+class Run:
+    """Everything one training run holds; built by :func:`_build_run`."""
 
-
-def _build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    kwargs: Dict[str, Any] = {"lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay}
-    if next(iter(params)).is_cuda:
-        kwargs["fused"] = True
-    cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, **kwargs)
+    cfg: Config
+    ctx: DistributedContext
+    out: Path
+    dataset: Dataset
+    model: torch.nn.Module
+    objective: TrainingObjective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: Optional[ExponentialMovingAverage]
+    step: Any  # multisk.train.step.TrainStep
+    state: TrainState
+    batches_per_epoch: int
+    total_steps: int
+    eval_sets: Dict[str, Any]
+    watch: NonFiniteWatch
+    log: Optional[MetricsLog] = None
+    resumed_from: Optional[Path] = None
+    saved_at_step: int = -1  # decided from values every rank shares, never from files (multi-node safe)
+    rate_origin: Dict[str, float] = field(default_factory=dict)
 
 
 def train(cfg: Config, *, resume: Optional[str] = None, progress: bool = True,
           make_plots: bool = True) -> Dict[str, Any]:
     """Train (and finally evaluate) according to ``cfg``; returns the final results dict (rank 0)."""
-    ctx = init_distributed(cfg.train.device)
+    ctx = init_distributed(cfg.train.device, cfg.train.barrier_timeout_s)
     try:
-        return _train(cfg, ctx, resume=resume, progress=progress, make_plots=make_plots)
+        run = _build_run(cfg, ctx, resume)
+        _run_epochs(run, progress)
+        return _finish(run, make_plots)
     finally:
         cleanup_distributed()
 
 
-def _train(cfg: Config, ctx: DistributedContext, *, resume: Optional[str], progress: bool,
-           make_plots: bool) -> Dict[str, Any]:
-    out = Path(cfg.train.output_dir)
+# ------------------------------------------------------------------------------------ building a run
+def _build_run(cfg: Config, ctx: DistributedContext, resume: Optional[str]) -> Run:
     device = ctx.device
     # identical initialisation on every rank (DDP also broadcasts, but the objective's state is not DDP's)
     seed_everything(cfg.train.seed)
     dataset = build_train_dataset(cfg)
-    collate = collate_fn_for(dataset)
+    per_rank = _per_rank_batch_size(cfg, ctx)
     model = build_model(cfg.model).to(device)
+    if not cfg.loss.sspc.enabled:
+        # the anchors only feed SSPC: without it they get no gradient, which DDP rejects at the second
+        # step ("Expected to have finished reduction"); frozen, they stay out of DDP and the optimizer
+        # (which skipped them anyway: Adam ignores parameters without a gradient)
+        model.anchors.requires_grad_(False)
     if cfg.train.sync_batchnorm and ctx.enabled:
         if device.type != "cuda":
             raise ConfigError("train.sync_batchnorm: SyncBatchNorm needs CUDA devices; set it to false on CPU")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     objective = TrainingObjective(cfg.loss, cfg.model, model.joint_names).to(device)
-    optimizer = _build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg.train, model)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.train.lr_gamma)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
-    ema = None
-    if cfg.train.ema_decay > 0:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
-
-    epoch, batch_in_epoch, global_step = 0, 0, 0
-    ckpt_path = resolve_checkpoint(resume, out) if resume else None
+    scaler = make_grad_scaler(device, cfg.train.precision)
+    state = TrainState()
+    ckpt_path = resolve_checkpoint(resume, cfg.train.output_dir) if resume else None
+    ema_state = None
     if ckpt_path is not None:
-        state = load_checkpoint(ckpt_path, map_location=device)
-        model.load_state_dict(state["model"])
-        objective.load_state_dict(state["objective"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            if state.get("ema") is not None:
-                ema.load_state_dict(state["ema"])
-            else:  # resuming a run saved without EMA: start the average from the resumed weights
-                ema = type(ema)(model, multi_avg_fn=ema.multi_avg_fn, use_buffers=True)
-        epoch, batch_in_epoch, global_step = state["epoch"], state["batch_in_epoch"], state["global_step"]
-        restore_rng_state(state["rng"][ctx.rank] if isinstance(state["rng"], list) else state["rng"])
-    elif resume and resume != "latest":
-        raise FileNotFoundError(f"{resume}: checkpoint not found")
+        ema_state = _restore(ckpt_path, cfg, ctx, model, objective, optimizer, scheduler, scaler, state)
     elif cfg.train.init_checkpoint:
-        init = load_checkpoint(cfg.train.init_checkpoint, map_location=device)
-        try:
-            missing, unexpected = model.load_state_dict(init["model"], strict=False)
-            problem = f"missing {missing[:5]}, unexpected {unexpected[:5]}" if missing or unexpected else ""
-        except RuntimeError as err:  # shape mismatches
-            problem = str(err).splitlines()[-1].strip()
-        if problem:
-            raise ConfigError(f"train.init_checkpoint: {cfg.train.init_checkpoint} does not match the configured "
-                              f"model ({problem})")
-        if ema is not None:  # the average starts from the loaded weights, not the random ones
-            ema = type(ema)(model, multi_avg_fn=ema.multi_avg_fn, use_buffers=True)
-
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")
-    log = MetricsLog(out, ctx.is_main, global_step if ckpt_path is not None else None)
-
-    train_model: torch.nn.Module = model
+        _load_initial_weights(cfg, model)
+    # the EMA lives on rank 0 only: it is read only by rank 0's checkpoints and evaluations
+    ema = None
+    if cfg.train.ema_decay > 0 and ctx.is_main:
+        ema = ExponentialMovingAverage(model, cfg.train.ema_decay)  # starts from the (loaded) weights
+        if ema_state is not None:
+            ema.load_state_dict(ema_state)
+    forward_module: torch.nn.Module = model
     if ctx.enabled:
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    from multisk.train.sampling import ResumableBatchSampler
-
-    def sampler_for(ep: int, start: int) -> ResumableBatchSampler:
-        return ResumableBatchSampler(
-            len(dataset), cfg.train.batch_size, seed=cfg.train.seed, epoch=ep, start_batch=start,
-            rank=ctx.rank, world_size=ctx.world_size,
-        )
-
-    batches_per_epoch = sampler_for(0, 0).batches_per_epoch
-    total_steps = cfg.train.epochs * batches_per_epoch
+        # broadcast_buffers=False: only rank 0's buffers (BatchNorm statistics) are ever read — by its
+        # checkpoints, evaluation and EMA — and rank 0's own buffers evolve identically either way.
+        forward_module = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            gradient_as_bucket_view=True, broadcast_buffers=False)
+    step = make_train_step(model, objective, optimizer, scaler, cfg.train.precision, forward_module=forward_module,
+                           grad_clip=cfg.train.grad_clip, on_nonfinite=cfg.train.on_nonfinite, ema=ema)
+    sampler = ResumableBatchSampler(len(dataset), cfg.train.batch_size, seed=cfg.train.seed,
+                                    rank=ctx.rank, world_size=ctx.world_size)
+    total_steps = cfg.train.epochs * sampler.batches_per_epoch
     if cfg.train.steps > 0:
         total_steps = min(total_steps, cfg.train.steps)
-    eval_sets = build_eval_datasets(cfg) if ctx.is_main else {}
+    run = Run(cfg=cfg, ctx=ctx, out=Path(cfg.train.output_dir), dataset=dataset, model=model, objective=objective,
+              optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, step=step, state=state,
+              batches_per_epoch=sampler.batches_per_epoch, total_steps=total_steps,
+              eval_sets=build_eval_datasets(cfg) if ctx.is_main else {},
+              watch=NonFiniteWatch(device, history=cfg.train.nonfinite_check_every), resumed_from=ckpt_path)
+    _open_outputs(run, per_rank)
+    return run
 
-    def checkpoint_state() -> Dict[str, Any]:
-        rng = capture_rng_state()
-        if ctx.enabled:
-            gathered: List[Any] = [None] * ctx.world_size
-            torch.distributed.all_gather_object(gathered, rng)
-            rng = gathered
-        return {
-            "model": model.state_dict(),
-            "objective": objective.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": rng,
-            "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch,
-            "global_step": global_step,
-            "config": config_to_dict(cfg),
-        }
 
-    saved_at_step = [-1]  # decided from values every rank shares, never from files (multi-node safe)
+def _per_rank_batch_size(cfg: Config, ctx: DistributedContext) -> int:
+    if cfg.train.batch_size % ctx.world_size:
+        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is the global batch and must divide into the "
+                          f"{ctx.world_size} torchrun processes (choose a multiple of {ctx.world_size})")
+    return cfg.train.batch_size // ctx.world_size
 
-    def save(name: str) -> None:
-        state = checkpoint_state()  # collective under DDP: every rank calls it
+
+def _restore(path: Path, cfg: Config, ctx: DistributedContext, model, objective, optimizer, scheduler, scaler,
+             state: TrainState) -> Optional[Dict[str, torch.Tensor]]:
+    """Load a checkpoint (onto the CPU: the live tensors receive copies, the optimizer casts its state
+    to the parameters' device) into the run's objects and ``state``; returns the EMA state, if any.
+    The loaded dict is dropped on return, so no second copy of the weights stays resident."""
+    saved = load_checkpoint(path)
+    saved_batch = saved.get("global_batch_size", cfg.train.batch_size)
+    if saved_batch != cfg.train.batch_size:
+        raise ConfigError(f"train.batch_size: {path} was trained with a global batch of {saved_batch}, this run "
+                          f"asks for {cfg.train.batch_size}; its data position (epoch {saved['epoch']}, global "
+                          f"batch {saved['batch_in_epoch']}) would mean other data. Resume with "
+                          f"train.batch_size={saved_batch} (any number of processes that divides it)")
+    model.load_state_dict(saved["model"])
+    objective.load_state_dict(saved["objective"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    scaler.load_state_dict(saved["scaler"])
+    state.epoch, state.batch_in_epoch = saved["epoch"], saved["batch_in_epoch"]
+    state.global_step, state.skipped_batches = saved["global_step"], saved.get("skipped_batches", 0)
+    rng = saved["rng"] if isinstance(saved["rng"], list) else [saved["rng"]]
+    saved_world = saved.get("world_size", len(rng))
+    if saved_world == ctx.world_size and len(rng) == ctx.world_size:
+        restore_rng_state(rng[ctx.rank])
+    else:
+        # the data order continues exactly (it is a function of seed, epoch and global batch); the random
+        # streams (dropout, clip sampling in workers) of a different set of ranks cannot, so each rank
+        # draws fresh ones determined by (seed, step, rank)
+        seed_everything(cfg.train.seed * 1_000_003 + state.global_step * 1_009 + ctx.rank)
         if ctx.is_main:
-            save_checkpoint(state, out / "checkpoints" / name)
-        saved_at_step[0] = global_step
+            tqdm.write(f"note: {path} was written by {saved_world} processes, resuming on {ctx.world_size}: the "
+                       f"data continues exactly at epoch {state.epoch}, global batch {state.batch_in_epoch}; "
+                       f"random streams are re-seeded per rank")
+    return saved.get("ema")
 
-    def run_eval(keep_embeddings: bool = False) -> Dict[str, Any]:
-        from multisk.evaluate.pipeline import evaluate_model
 
-        model.eval()
-        results = evaluate_model(model, eval_sets, device=device, precision=cfg.train.precision,
-                                 batch_size=max(cfg.train.batch_size, 64), keep_embeddings=keep_embeddings)
-        model.train()
-        return results
+def _load_initial_weights(cfg: Config, model: torch.nn.Module) -> None:
+    """``train.init_checkpoint``: model weights only (fine-tuning); everything else starts fresh."""
+    init = load_checkpoint(cfg.train.init_checkpoint, require=("model",))
+    try:
+        missing, unexpected = model.load_state_dict(init["model"], strict=False)
+        problem = f"missing {missing[:5]}, unexpected {unexpected[:5]}" if missing or unexpected else ""
+    except RuntimeError as err:  # shape mismatches
+        problem = str(err).splitlines()[-1].strip()
+    if problem:
+        raise ConfigError(f"train.init_checkpoint: {cfg.train.init_checkpoint} does not match the configured "
+                          f"model ({problem})")
 
-    bar = tqdm(total=total_steps, initial=global_step, disable=not (progress and ctx.is_main),
+
+def _open_outputs(run: Run, per_rank: int) -> None:
+    ctx, state = run.ctx, run.state
+    if ctx.is_main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        (run.out / "config.yaml").write_text(config_to_yaml(run.cfg), encoding="utf-8")
+    run.log = MetricsLog(run.out, ctx.is_main, state.global_step if run.resumed_from is not None else None)
+    run.log.write({"step": state.global_step, "world_size": ctx.world_size,
+                   "global_batch_size": run.cfg.train.batch_size, "per_rank_batch_size": per_rank})
+    if ctx.is_main:
+        tqdm.write(f"training: {ctx.world_size} process(es) on {ctx.device}, global batch {run.cfg.train.batch_size} "
+                   f"= {ctx.world_size} x {per_rank} per process; {run.batches_per_epoch} global batches per epoch")
+
+
+# -------------------------------------------------------------------------------------------- loop
+def _run_epochs(run: Run, progress: bool) -> None:
+    cfg, state = run.cfg, run.state
+    bar = tqdm(total=run.total_steps, initial=state.global_step, disable=not (progress and run.ctx.is_main),
                desc="train", dynamic_ncols=True, unit="step")
-    model.train()
-    samples_seen_t0, t0 = global_step, time.perf_counter()
-    skipped = 0
-    done = global_step >= total_steps
-    while not done and epoch < cfg.train.epochs:
-        if hasattr(dataset, "set_epoch"):  # HowTo100M draws new clips every epoch, reproducibly
-            dataset.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_sampler=sampler_for(epoch, batch_in_epoch), collate_fn=collate,
-                            num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
-        for batch in loader:
-            batch = move_batch(batch, device)
-            with autocast_context(device, cfg.train.precision):
-                output = train_model(batch)
-                losses = objective(output, model.anchors)
-            loss = losses["loss"]
-            finite = torch.isfinite(loss.detach()).float()
-            if ctx.enabled:  # every rank must take the same branch, or DDP would hang
-                torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-            if not bool(finite):
-                values = _losses_to_floats(losses)
-                bad = [k for k, v in values.items() if not math.isfinite(v)]
-                ids = batch.get("id", [])
-                message = (f"non-finite loss at step {global_step} (epoch {epoch}, batch {batch_in_epoch}): "
-                           f"terms {bad}; batch ids {ids[:8]}{' ...' if len(ids) > 8 else ''}")
-                if cfg.train.on_nonfinite == "stop":
-                    raise NonFiniteLossError(message)
-                tqdm.write(f"warning: {message}; skipping this batch")
-                optimizer.zero_grad(set_to_none=True)
-                skipped += 1
-                batch_in_epoch += 1
+    run.rate_origin = {"step": state.global_step, "time": time.perf_counter()}
+    run.model.train()
+    done = state.global_step >= run.total_steps
+    while not done and state.epoch < cfg.train.epochs:
+        for batch in DevicePrefetcher(_epoch_loader(run), run.ctx.device):
+            out = run.step(batch)
+            if not out.applied:
+                _note_skipped(run, out, batch)
                 continue
-            scaler.scale(loss).backward()
-            if cfg.train.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update_parameters(model)
-            global_step += 1
-            batch_in_epoch += 1
+            state.global_step += 1
+            state.batch_in_epoch += 1
+            run.watch.record(state.global_step, out.losses, state.epoch, state.batch_in_epoch - 1, batch.get("id", []))
             bar.update(1)
-
-            if global_step % cfg.train.log_every == 0 or global_step == total_steps:
-                values = _losses_to_floats(losses, ctx.world_size)
-                elapsed = time.perf_counter() - t0
-                rate = (global_step - samples_seen_t0) * cfg.train.batch_size * ctx.world_size / max(elapsed, 1e-9)
-                record = {"step": global_step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                          "samples_per_s": rate, **values}
-                log.write(record)
-                bar.set_postfix(loss=f"{values['loss']:.4f}", samples_s=f"{rate:.0f}")
-            if cfg.train.checkpoint_every and global_step % cfg.train.checkpoint_every == 0:
-                save(f"step_{global_step}.pt")
-            if cfg.train.eval_every and global_step % cfg.train.eval_every == 0 and ctx.is_main and eval_sets:
-                log.write({"step": global_step, **_flatten_eval(run_eval())})
-            if global_step >= total_steps:
+            _after_step(run, out, bar)
+            if state.global_step >= run.total_steps:
                 done = True
                 break
-        if batch_in_epoch >= batches_per_epoch:
-            scheduler.step()
-            epoch += 1
-            batch_in_epoch = 0
-            save(f"epoch_{epoch}.pt")
+        if state.batch_in_epoch >= run.batches_per_epoch:
+            run.scheduler.step()
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            _save(run, f"epoch_{state.epoch}.pt")
     bar.close()
-    if saved_at_step[0] != global_step:  # the run ended off an epoch boundary (or resumed with nothing to do)
-        save(f"step_{global_step}.pt")
+    if run.saved_at_step != state.global_step:  # ended off an epoch boundary (or resumed with nothing to do)
+        _save(run, f"step_{state.global_step}.pt")
 
-    results: Dict[str, Any] = {"steps": global_step, "skipped_batches": skipped}
-    if ctx.is_main and eval_sets:
-        evaluation = run_eval(keep_embeddings=True)
-        log.write({"step": global_step, **_flatten_eval(evaluation)})
-        log.close()
-        if make_plots:
-            from multisk.evaluate.figures import write_run_figures
 
-            results["plots"] = [str(p) for p in write_run_figures(out, evaluation, eval_sets)]
-        for entry in evaluation.values():
-            entry.pop("embeddings", None)
-        results["evaluation"] = evaluation
-        (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-    log.close()
+def _epoch_loader(run: Run) -> DataLoader:
+    """This rank's share of the current epoch from the current global batch on."""
+    cfg, ctx, state = run.cfg, run.ctx, run.state
+    if hasattr(run.dataset, "set_epoch"):  # HowTo100M draws new clips every epoch, reproducibly
+        run.dataset.set_epoch(state.epoch)
+    sampler = ResumableBatchSampler(len(run.dataset), cfg.train.batch_size, seed=cfg.train.seed, epoch=state.epoch,
+                                    start_batch=state.batch_in_epoch, rank=ctx.rank, world_size=ctx.world_size)
+    return DataLoader(run.dataset, batch_sampler=sampler, collate_fn=collate_fn_for(run.dataset),
+                      **loader_options(cfg, ctx.device.type))
+
+
+def _after_step(run: Run, out: StepOutput, bar: tqdm) -> None:
+    cfg, state = run.cfg, run.state
+    step = state.global_step
+    if step % cfg.train.nonfinite_check_every == 0:
+        _stop_if_nonfinite(run)
+    if step % cfg.train.log_every == 0 or step == run.total_steps:
+        values = losses_to_floats(out.losses, run.ctx.world_size)
+        elapsed = time.perf_counter() - run.rate_origin["time"]
+        rate = (step - run.rate_origin["step"]) * cfg.train.batch_size / max(elapsed, 1e-9)
+        run.log.write({"step": step, "epoch": state.epoch, "lr": run.optimizer.param_groups[0]["lr"],
+                       "samples_per_s": rate, **values})
+        bar.set_postfix(loss=f"{values['loss']:.4f}", samples_s=f"{rate:.0f}")
+    if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
+        _save(run, f"step_{step}.pt")
+    if cfg.train.eval_every and step % cfg.train.eval_every == 0 and cfg.data.eval_splits:
+        evaluation = _evaluate(run)
+        run.log.write({"step": step, **_flatten_eval(evaluation)})
+
+
+def _note_skipped(run: Run, out: StepOutput, batch: Dict[str, Any]) -> None:
+    """``on_nonfinite=skip``: the step was not applied; the batch still counts as consumed."""
+    state = run.state
+    values = losses_to_floats(out.losses)
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    ids = batch.get("id", [])
+    tqdm.write(f"warning: non-finite loss at step {state.global_step + 1} (epoch {state.epoch}, batch "
+               f"{state.batch_in_epoch}): terms {bad}; batch ids {ids[:8]}{' ...' if len(ids) > 8 else ''}; "
+               f"skipping this batch")
+    state.skipped_batches += 1
+    state.batch_in_epoch += 1
+
+
+def _stop_if_nonfinite(run: Run) -> None:
+    """One host sync (all ranks take the same branch): raise if any step since the start was non-finite."""
+    message = run.watch.check(run.ctx.world_size)
+    if message is not None and run.cfg.train.on_nonfinite == "stop":
+        raise NonFiniteLossError(message)
+
+
+# ------------------------------------------------------------------------- checkpoints, evaluation
+def _save(run: Run, name: str) -> None:
+    """Collective: every rank contributes its RNG state; rank 0 writes; all meet at a host barrier."""
+    _stop_if_nonfinite(run)  # never write a checkpoint of NaN weights
+    ctx, state = run.ctx, run.state
+    rng = gather_objects(ctx, capture_rng_state())
+    if ctx.is_main:
+        save_checkpoint({
+            "model": run.model.state_dict(),
+            "objective": run.objective.state_dict(),
+            "ema": run.ema.state_dict() if run.ema is not None else None,
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "rng": rng,
+            "epoch": state.epoch,
+            "batch_in_epoch": state.batch_in_epoch,
+            "global_step": state.global_step,
+            "skipped_batches": state.skipped_batches,
+            "world_size": ctx.world_size,
+            "global_batch_size": run.cfg.train.batch_size,
+            "config": config_to_dict(run.cfg),
+        }, run.out / "checkpoints" / name)
+    host_barrier(ctx, f"rank 0 writing checkpoint {name}")
+    run.saved_at_step = state.global_step
+
+
+def _evaluate(run: Run, keep_embeddings: bool = False) -> Dict[str, Any]:
+    """Rank 0 evaluates while the others wait at a host barrier (no NCCL collective pending)."""
+    results: Dict[str, Any] = {}
+    if run.ctx.is_main:
+        run.model.eval()
+        results = evaluate_model(run.model, run.eval_sets, device=run.ctx.device, precision=EVAL_PRECISION,
+                                 batch_size=EVAL_BATCH_SIZE, keep_embeddings=keep_embeddings)
+        run.model.train()
+    host_barrier(run.ctx, "rank 0 evaluating")
+    return results
+
+
+def _finish(run: Run, make_plots: bool) -> Dict[str, Any]:
+    results: Dict[str, Any] = {"steps": run.state.global_step, "skipped_batches": run.state.skipped_batches}
+    if run.cfg.data.eval_splits:
+        evaluation = _evaluate(run, keep_embeddings=True)
+        if run.ctx.is_main:
+            run.log.write({"step": run.state.global_step, **_flatten_eval(evaluation)})
+            if make_plots:
+                run.log.close()  # flush TensorBoard before the figures read the run
+                from multisk.evaluate.figures import write_run_figures  # matplotlib: heavy, optional
+
+                results["plots"] = [str(p) for p in write_run_figures(run.out, evaluation, run.eval_sets)]
+            for entry in evaluation.values():
+                entry.pop("embeddings", None)
+            results["evaluation"] = evaluation
+            (run.out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    run.log.close()
     return results
 
 
@@ -341,4 +426,4 @@ def _flatten_eval(evaluation: Dict[str, Any]) -> Dict[str, float]:
     return flat
 
 
-__all__ = ["NonFiniteLossError", "train"]
+__all__ = ["NonFiniteLossError", "Run", "train"]
