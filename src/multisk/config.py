@@ -153,7 +153,12 @@ class TrainConfig:
     # DAVEnet's BatchNorm normalises with each rank's statistics (as the reference's DataParallel
     # replicas did); true makes them global-batch statistics under DDP (CUDA only: SyncBatchNorm)
     sync_batchnorm: bool = False
-    device: str = "auto"
+    device: str = "auto"  # "auto" | "cpu" | "cuda" (under torchrun: cuda:LOCAL_RANK) | "cuda:N" (one process)
+    # "stop" reads the device-side non-finite flag every this many steps (one host sync each time; the
+    # error still names the first bad step and its batch). "skip" decides every step (docs/training.md)
+    nonfinite_check_every: int = 10
+    # under torchrun: how long ranks wait for rank 0 writing a checkpoint or evaluating, on a CPU barrier
+    barrier_timeout_s: float = 3600.0
 
 
 @dataclass
@@ -219,6 +224,9 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
     schema = OmegaConf.structured(Config)
     try:
         merged = schema
+    if t.nonfinite_check_every < 1 or t.barrier_timeout_s <= 0:
+        raise ConfigError(f"train.nonfinite_check_every / train.barrier_timeout_s: need >= 1 / > 0, got "
+                          f"{t.nonfinite_check_every} / {t.barrier_timeout_s}")
         if path is not None:
             path = Path(path)
             if not path.is_file():

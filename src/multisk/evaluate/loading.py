@@ -7,6 +7,7 @@ from typing import Tuple
 
 import torch
 
+from multisk.checkpoint import load_checkpoint
 from multisk.config import Config, config_from_dict
 from multisk.errors import DataFormatError
 from multisk.models import build_model
@@ -14,9 +15,7 @@ from multisk.models import build_model
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = False) -> Tuple[torch.nn.Module, Config]:
     """Returns ``(model in eval mode on device, config)``; ``use_ema`` loads the EMA weights."""
-    from multisk.train.checkpoint import load_checkpoint
-
-    state = load_checkpoint(path, map_location="cpu")
+    state = load_checkpoint(path)  # onto the CPU, weights_only (a checkpoint cannot run code)
     cfg = config_from_dict(state["config"])
     model = build_model(cfg.model)
     weights = state["model"]
