@@ -212,6 +212,65 @@ def test_davenet_conv1d_matches_literal_conv2d(factory, divisor, stride, width):
     assert token_mask[1].tolist() == [True, True, False, False]
 
 
+class LiteralReferenceDAVEnetInit(nn.Module):
+    """The reference's 2-D layers, built literally (stem ``Conv2d(1, C0, (n_mels, 1))``, ``(1 × 9)`` and
+    ``(1 × 1)`` convolutions, BatchNorm2d) in the 1-D network's module order, initialised as the reference
+    does: ``kaiming_normal_(mode="fan_out", nonlinearity="relu")`` on every Conv2d, BatchNorm 1 / 0."""
+
+    def __init__(self, net: DAVEnet):
+        super().__init__()
+        self.layers = nn.ModuleList()
+        for layer in net.modules():
+            if layer is net.stem_conv:
+                self.layers.append(nn.Conv2d(1, layer.out_channels, (net.n_mels, 1), bias=False))
+            elif isinstance(layer, nn.Conv1d):
+                self.layers.append(nn.Conv2d(layer.in_channels, layer.out_channels, (1, layer.kernel_size[0]),
+                                             stride=(1, layer.stride[0]), bias=False))
+            elif isinstance(layer, nn.BatchNorm1d):
+                self.layers.append(nn.BatchNorm2d(layer.num_features))
+        for layer in self.modules():
+            if isinstance(layer, nn.Conv2d):
+                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(layer, nn.BatchNorm2d):
+                nn.init.constant_(layer.weight, 1)
+                nn.init.constant_(layer.bias, 0)
+
+
+@pytest.mark.parametrize("factory,divisor", [(davenet_v2, 8), (davenet_v1, 4)])
+def test_davenet_init_equals_the_reference_2d_layers(factory, divisor):
+    # Issue 10 item 6: the stem's fan is that of Conv2d(1, C0, (40, 1)) = 40·C0, not the C0 of Conv1d(40, C0, 1)
+    net = factory(n_mels=40, width_divisor=divisor)
+    torch.manual_seed(4)
+    net.init_weights()
+    torch.manual_seed(4)
+    literal = LiteralReferenceDAVEnetInit(net)  # built before drawing: its own default init is overwritten
+    torch.manual_seed(4)
+    for layer in literal.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+    ours = [m for m in net.modules() if isinstance(m, (nn.Conv1d, nn.BatchNorm1d))]
+    assert len(ours) == len(literal.layers)
+    for mine, theirs in zip(ours, literal.layers):
+        torch.testing.assert_close(mine.weight.detach().reshape(theirs.weight.shape), theirs.weight.detach(),
+                                   atol=0, rtol=1e-6)
+        if isinstance(mine, nn.BatchNorm1d):
+            assert torch.equal(mine.bias, theirs.bias)
+    # statistics: the stem's weights have the He-normal spread of the 2-D fan 40 · C0
+    stem = net.stem_conv.weight
+    expected_std = math.sqrt(2.0 / (40 * stem.shape[0]))
+    assert abs(stem.std().item() / expected_std - 1) < 0.05 and abs(stem.mean().item()) < 0.1 * expected_std
+
+
+def test_model_init_gives_davenet_the_reference_fans():
+    cfg = ModelConfig(embed_dim=32, num_heads=4, projection_dim=16, num_anchors=4, audio_width_divisor=4)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    stem = model.audio_encoder.stem_conv.weight  # (32, 40, 1): 1280 draws
+    assert abs(stem.std().item() / math.sqrt(2.0 / (40 * 32)) - 1) < 0.08
+    conv = model.audio_encoder.stages[-1][0].conv1.weight
+    assert abs(conv.std().item() / math.sqrt(2.0 / (9 * conv.shape[0])) - 1) < 0.08
+
+
 def test_davenet_paper_widths():
     with torch.device("meta"):
         net = davenet_v2(40)
@@ -387,8 +446,6 @@ def test_autocast_outputs_are_finite_and_close(dtype):
     cfg = small_config(variant="everything_at_once")
     model = build_model(cfg).eval()
     batch = make_batch(cfg)
-    with torch.no_grad():
-        ref = model(batch)
     model.train()
     with torch.autocast("cpu", dtype=dtype):
         out = model(batch)
@@ -398,7 +455,9 @@ def test_autocast_outputs_are_finite_and_close(dtype):
     assert all(torch.isfinite(t).all() for t in all_output_tensors(out))
     scalar_loss(out).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    model.eval()
+    model.eval()  # the reference after the training step: the same BatchNorm running statistics
+    with torch.no_grad():
+        ref = model(batch)
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
         low = model(batch)
     for name in ref["joint_normalized"]:
@@ -456,7 +515,17 @@ def test_paper_configuration_parameter_count():
     with torch.device("meta"):
         model = build_model(cfg)
     total = sum(p.numel() for p in model.parameters())
-    assert abs(total - REFERENCE_PARAMETERS) / REFERENCE_PARAMETERS < 1e-4, total
+    # SPEC §1: the reference also counts tensors its forward never uses; their sizes follow from the
+    # paper configuration (D = embed_dim, K anchors, one transformer per modality)
+    transformers = len(cfg.modalities) if cfg.variant == "per_modality" else 1
+    unused_in_reference = {
+        "final LayerNorm per transformer (weight, bias)": transformers * 2 * cfg.embed_dim,  # 24,576
+        "DAVEnet input BatchNorm2d(1) (weight, bias)": 2,
+        "anchor biases (one per anchor of the six sets)": 2 * len(cfg.modalities) * cfg.num_anchors,  # 384
+        "frozen anc_dist vector (one per anchor of the six sets)": 2 * len(cfg.modalities) * cfg.num_anchors,  # 384
+    }
+    assert sum(unused_in_reference.values()) == 25_346
+    assert total + sum(unused_in_reference.values()) == REFERENCE_PARAMETERS, total
     assert model.anchors.input_anchors["text"].shape == (64, 4096)
     assert model.anchors.joint_anchors["audio"].shape == (64, 6144)
     assert model.fusion["video"].blocks[0].attn.num_heads == 64

@@ -29,6 +29,7 @@ Convolutions have no bias (each is followed by BatchNorm). The reference also bu
 
 from __future__ import annotations
 
+import math
 from typing import Sequence, Tuple
 
 import torch
@@ -102,6 +103,26 @@ class DAVEnet(nn.Module):
             stages.append(nn.Sequential(*blocks))
             width = stage_width
         self.stages = nn.Sequential(*stages)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The reference's initialisation of its 2-D layers, reproduced on the 1-D ones (SPEC §5).
+
+        The reference (ResDAVEnet) gives every ``Conv2d`` He-normal weights with fan-out,
+        ``N(0, 2 / (C_out · k_h · k_w))``, and every BatchNorm weight 1, bias 0.  A ``(1 × k)`` Conv2d
+        has the fan of the ``Conv1d`` with kernel ``k``; the stem ``Conv2d(1 → C0, (n_mels, 1))`` has fan
+        ``C0 · n_mels``, not the ``C0 · 1`` of its 1-D form ``Conv1d(n_mels → C0, 1)`` — so the fan is
+        written per layer.  Draws happen in module order, as the reference's ``self.modules()`` loop.
+        """
+        for layer in self.modules():
+            if isinstance(layer, nn.Conv1d):
+                reference_kernel_height = self.n_mels if layer is self.stem_conv else 1
+                fan_out = layer.out_channels * reference_kernel_height * layer.kernel_size[0]
+                layer.weight.normal_(0.0, math.sqrt(2.0) / math.sqrt(fan_out))  # kaiming_normal_'s formula
+            elif isinstance(layer, nn.BatchNorm1d):
+                nn.init.ones_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def num_tokens(self, num_frames: int) -> int:
         """Output length for ``num_frames`` input frames: ``ceil(num_frames / total_stride)``."""

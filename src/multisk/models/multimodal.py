@@ -23,7 +23,6 @@ The output dict is documented in docs/architecture.md ("Model output dict").
 
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Mapping, NamedTuple, Tuple
 
 import torch
@@ -111,6 +110,15 @@ class MultiModalModel(nn.Module):
         self.projections = nn.ModuleDict(
             {m: GatedEmbeddingUnit(dim, cfg.projection_dim) for m in self.modalities}
         )
+        # optional linear path from the frozen input features (text, video) straight to the joint space
+        self.input_residuals = (
+            nn.ModuleDict({
+                m: nn.Sequential(nn.LayerNorm(feature_dims[m], eps=LAYER_NORM_EPS), nn.Linear(feature_dims[m], cfg.projection_dim))
+                for m in self.modalities if m != "audio"
+            })
+            if cfg.input_residual
+            else None
+        )
         if cfg.num_anchors < 0:
             raise ConfigError(f"model.num_anchors: must be >= 0, got {cfg.num_anchors}")
         # num_anchors = 0 builds no anchor sets (a contrastive-only model has no unused parameters,
@@ -127,7 +135,8 @@ class MultiModalModel(nn.Module):
         * gated units (token and final projections): PyTorch's default ``nn.Linear`` init;
         * fusion transformers: Linear weights truncated normal (std 0.02), biases 0 (ViT init);
         * LayerNorm / BatchNorm: weight 1, bias 0;
-        * DAVEnet convolutions: He normal with fan-out, ``N(0, 2 / (k · C_out))``;
+        * DAVEnet: He normal with the fan-out of the reference's 2-D layers (:meth:`DAVEnet.init_weights`;
+          ``N(0, 2 / (k · C_out))``, the stem ``N(0, 2 / (n_mels · C0))``), BatchNorm weight 1, bias 0;
         * masking tokens, CLS tokens, positional embeddings: truncated normal (std 0.02);
         * anchors: standard normal (they are used row-normalised, so only directions matter).
         """
@@ -144,13 +153,12 @@ class MultiModalModel(nn.Module):
                         nn.init.zeros_(layer.bias)
             if transformer.cls_token is not None:
                 nn.init.trunc_normal_(transformer.cls_token, std=0.02)
+        if self.audio_encoder is not None:
+            self.audio_encoder.init_weights()  # the reference's 2-D fans (the stem's is C0 · n_mels)
         for layer in self.modules():
-            if isinstance(layer, (nn.LayerNorm, nn.BatchNorm1d)):
+            if isinstance(layer, nn.LayerNorm):
                 nn.init.ones_(layer.weight)
                 nn.init.zeros_(layer.bias)
-            elif isinstance(layer, nn.Conv1d):
-                fan_out = layer.kernel_size[0] * layer.out_channels
-                nn.init.normal_(layer.weight, 0.0, math.sqrt(2.0 / fan_out))
         for token in self.masking_tokens.values():
             nn.init.trunc_normal_(token, std=0.02)
         if self.positional_embeddings is not None:
@@ -267,6 +275,13 @@ class MultiModalModel(nn.Module):
         tokens = self.embed_tokens(batch)
         input_embedding = {m: _normalize(masked_mean(tokens[m].tokens, tokens[m].mask)) for m in self.modalities}
         joint = self.joint_embeddings(tokens)
+        if self.input_residuals is not None:
+            for m, residual in self.input_residuals.items():
+                # x̂_m += W_m · LN(masked mean of the input features); an empty item adds W_m · LN(0)
+                feature_mask = batch[f"{m}_mask"] > 0
+                features = torch.where(feature_mask[..., None], batch[m], batch[m].new_zeros(()))
+                pooled = features.sum(dim=1) / feature_mask.sum(dim=1, keepdim=True).clamp_min(1).to(features.dtype)
+                joint[m] = joint[m] + residual(pooled)
         joint_normalized = {name: _normalize(x) for name, x in joint.items()}
         return {
             "joint": joint,
