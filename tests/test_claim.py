@@ -1,29 +1,85 @@
-"""benchmarks/claim.py runs in its CI-sized mode and reports every variant with the metrics it measured."""
+"""benchmarks/claim.py in its CI-sized mode (every variant really trains its own loss), and the
+caption-corruption option it relies on."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from synthetic_store import tiny_overrides, write_synthetic_store
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "demo.yaml"
 
 
-def test_claim_quick_mode_reports_all_variants(tmp_path):
+def test_claim_quick_mode_reports_all_variants_and_runs_their_losses(tmp_path):
     store = write_synthetic_store(tmp_path / "store")
+    # a queue of 16 fills after 2 batches of 8: SSPC is active for most of the 48-item epoch
     sets = [a for kv in tiny_overrides(store, tmp_path / "unused") if not kv.startswith(("train.output_dir", "train.epochs"))
             for a in ("--set", kv)]
     out, raw = tmp_path / "results.md", tmp_path / "raw.json"
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "claim.py"), "--quick", "--data", str(store),
-         "--work", str(tmp_path / "runs"), "--out", str(out), "--json", str(raw),
+         "--work", str(tmp_path / "runs"), "--out", str(out), "--json", str(raw), "--corrupt", "0.5",
          "--reported", "test:t2v,test:t2a", *sets],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     text = out.read_text()
-    for variant in ("contrastive", "sspc_classic", "sspc_multi", "sspc_multi_softce"):
+    for variant in ("contrastive", "sspc_multi", "sspc_classic"):
         assert f"| {variant} | 1 |" in text
-    runs = json.loads(raw.read_text())["runs"]
-    r1 = runs["sspc_multi"][0]["test"]["t2v"]["R1"]
+    assert "| baseline: linear_probe | 1 |" in text and "| baseline: random | 1 |" in text
+    assert "Captions of 50 % of the training pairs shuffled" in text and "Structure preservation" in text
+    data = json.loads(raw.read_text())
+    runs = data["runs"]
+    r1 = runs["sspc_multi"]["0.5"][0]["retrieval"]["test"]["t2v"]["R1"]
     assert f"{r1:.1f}" in text.split("| sspc_multi |")[1].splitlines()[0]
+    # each variant trained the loss it names, as its own saved config and logged values show
+    contrastive = runs["contrastive"]["0.5"][0]["loss"]
+    multi = runs["sspc_multi"]["0.5"][0]["loss"]
+    classic = runs["sspc_classic"]["0.5"][0]["loss"]
+    assert not contrastive["sspc_enabled"] and contrastive["sspc_active_max"] == 0
+    assert not any(contrastive["sspc_logged"])
+    for record, solver in ((multi, "multi"), (classic, "classic")):
+        assert record["sspc_enabled"] and record["solver"] == solver and record["sspc_active_max"] == 1
+        assert max(record["sspc_logged"]) > 0
+    # same seed, same data, same initialisation: only the solver differs, so the SSPC values must too
+    assert multi["sspc_logged"] != classic["sspc_logged"]
+    # the corruption level reached the training data of every variant
+    assert all(runs[v]["0.5"][0]["loss"]["corrupt_fraction"] == 0.5 for v in runs)
+    assert 0 <= runs["contrastive"]["0.5"][0]["structure"]["test"]["video"]["knn_jaccard"] <= 1
+
+
+def test_corrupt_fraction_shuffles_training_captions_only(tmp_path):
+    from multisk.config import ConfigError, load_config
+    from multisk.train.data import build_eval_datasets, build_train_dataset
+
+    store = write_synthetic_store(tmp_path / "store", n_train=40, n_test=12)
+    base = tiny_overrides(store, tmp_path / "out")
+    clean = build_train_dataset(load_config(CONFIG, base))
+    corrupted = build_train_dataset(load_config(CONFIG, [*base, "data.corrupt_fraction=0.5"]))
+    n = len(clean)
+    moved = [i for i in range(n) if not np.array_equal(clean[i]["text"].numpy(), corrupted[i]["text"].numpy())]
+    with_text = [i for i in range(n) if clean[i]["text"].shape[0] > 0]
+    # captions can repeat ("a small cat" twice), so a moved caption may equal the old one; the source
+    # index may not: exactly round(0.5 * items with text) items read another item's caption
+    sources = corrupted.text_source
+    changed = np.flatnonzero(sources != np.arange(n))
+    assert len(changed) == round(0.5 * len(with_text))
+    assert set(moved) <= set(changed.tolist())
+    assert sorted(sources[changed].tolist()) == sorted(changed.tolist())  # a permutation within the subset
+    for i in changed:
+        assert np.array_equal(corrupted[i]["text"].numpy(), clean[int(sources[i])]["text"].numpy())
+        assert np.array_equal(corrupted[i]["video"].numpy(), clean[i]["video"].numpy())  # pictures stay
+        assert corrupted.captions[i] == clean.captions[int(sources[i])]
+    # seeded: the same seed gives the same subset, another seed another one
+    again = build_train_dataset(load_config(CONFIG, [*base, "data.corrupt_fraction=0.5"]))
+    other = build_train_dataset(load_config(CONFIG, [*base, "data.corrupt_fraction=0.5", "train.seed=1"]))
+    assert np.array_equal(again.text_source, sources) and not np.array_equal(other.text_source, sources)
+    # evaluation splits are never touched
+    for split, dataset in build_eval_datasets(load_config(CONFIG, [*base, "data.corrupt_fraction=1.0"])).items():
+        assert getattr(dataset, "text_source", None) is None
+    with pytest.raises(ConfigError, match="data.corrupt_fraction"):
+        load_config(CONFIG, [*base, "data.corrupt_fraction=1.5"])

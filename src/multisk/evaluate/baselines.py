@@ -120,6 +120,43 @@ def store_groups(store: FeatureStore) -> Optional[np.ndarray]:
     return caption_groups(SimpleNamespace(store=store))
 
 
+def structure_preservation(dataset, joint: Mapping[str, Any], nonempty: Mapping[str, Any],
+                           k: int = 10) -> Dict[str, Dict[str, float]]:
+    """Mean k-NN Jaccard (:func:`multisk.metrics.structure.knn_jaccard`) between each modality's frozen
+    input features and its joint embeddings, over the items of one split that have the modality.
+
+    Args:
+        dataset: a :class:`multisk.data.dataset.FeatureStoreDataset` (its ``store`` and
+            ``modality_map`` name the frozen features the model read: the text reference is the text
+            modality the model was trained on, e.g. MiniLM or GloVe).
+        joint: model modality -> (N, E) joint embeddings (``embed_dataset(...)["joint"]``).
+        nonempty: model modality -> (N,) bool.
+
+    Returns:
+        ``{modality: {"knn_jaccard": value, "k": k, "n_items": n}}`` for ``text`` / ``video`` /
+        ``audio`` when at least ``k + 1`` items have the modality.
+    """
+    from multisk.metrics.structure import knn_jaccard
+
+    result: Dict[str, Dict[str, float]] = {}
+    store = dataset.store
+    for modality in ("text", "video", "audio"):
+        name = dataset.modality_map.get(modality)
+        if modality not in joint or name is None or name not in store.modalities:
+            continue
+        reference, present = pooled_features(store, name)
+        flags = nonempty.get(modality)
+        if flags is not None:
+            present = present & np.asarray(flags.cpu() if hasattr(flags, "cpu") else flags, dtype=bool)
+        if present.sum() < k + 1:
+            continue
+        embedding = joint[modality]
+        embedding = np.asarray(embedding.detach().cpu() if hasattr(embedding, "detach") else embedding)
+        result[modality] = {"knn_jaccard": knn_jaccard(reference[present], embedding[present], k),
+                            "k": k, "n_items": int(present.sum())}
+    return result
+
+
 # ---------------------------------------------------------------------------------------------------
 # ridge regression
 
@@ -424,5 +461,5 @@ def compute_baselines(
 __all__ = [
     "BASELINES", "RIDGE_LAMBDAS", "RidgeMap", "class_name_embeddings", "classname_bridge_embeddings",
     "compute_baselines", "fit_linear_probes", "imagenet_class_names", "pooled_features", "store_groups",
-    "text_modality",
+    "structure_preservation", "text_modality",
 ]
