@@ -77,3 +77,28 @@ def test_bad_input():
         knn_jaccard(np.ones((5, 3)), np.ones((6, 3)), 2)
     with pytest.raises(ValueError, match="NaN"):
         knn_jaccard(np.full((5, 3), np.nan), np.ones((5, 3)), 2)
+
+
+def test_structure_preservation_of_a_split_and_its_report_line(tmp_path):
+    from multisk.data.dataset import FeatureStoreDataset
+    from multisk.evaluate.baselines import pooled_features, structure_preservation
+    from multisk.evaluate.report import format_results_table
+    from synthetic_store import write_synthetic_store
+
+    root = write_synthetic_store(tmp_path / "store", n_train=8, n_test=40)
+    dataset = FeatureStoreDataset(root, "test", max_tokens={"audio": 256})
+    video, video_present = pooled_features(dataset.store, "video")
+    text, text_present = pooled_features(dataset.store, "text")
+    rng = np.random.default_rng(0)
+    # the joint space = the frozen features themselves (rotated) keeps every neighbourhood; noise keeps few
+    joint = {"video": torch.from_numpy(video @ np.linalg.qr(rng.standard_normal((16, 16)))[0]),
+             "text": torch.from_numpy(rng.standard_normal((40, 8)))}
+    nonempty = {"video": torch.from_numpy(video_present), "text": torch.from_numpy(text_present)}
+    result = structure_preservation(dataset, joint, nonempty, k=5)
+    assert result["video"]["knn_jaccard"] == pytest.approx(1.0)
+    assert result["video"]["n_items"] == int(video_present.sum()) < 40  # items without a picture left out
+    expected_text = knn_jaccard(text[text_present], joint["text"].numpy()[text_present], 5)
+    assert result["text"]["knn_jaccard"] == pytest.approx(expected_text) and expected_text < 0.5
+    assert "audio" not in result  # no joint audio embedding given
+    line = format_results_table({"test": {"retrieval": {}, "structure": result}})
+    assert "structure preservation (mean 5-NN Jaccard" in line and "video 1.000" in line
