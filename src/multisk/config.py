@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from multisk.errors import ConfigError  # defined in the leaf module, re-exported here
+
 MODALITIES = ("text", "video", "audio")
 
 
@@ -167,10 +169,6 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-
-
-class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message names the key."""
 
 
 def validate_model_config(m: ModelConfig) -> None:

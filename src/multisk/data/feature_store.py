@@ -25,12 +25,10 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import numpy as np
 
+from multisk.errors import FeatureStoreError  # defined in the leaf module, re-exported here
+
 FORMAT_NAME = "multisk-features"
 FORMAT_VERSION = 1
-
-
-class FeatureStoreError(ValueError):
-    """Bad or inconsistent feature-store content; the message names the file and field."""
 
 
 def _sha256(path: Path) -> str:
