@@ -212,6 +212,9 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"train.optimizer: expected 'adam' or 'adamw', got {t.optimizer!r}")
     if t.on_nonfinite not in ("stop", "skip"):
         raise ConfigError(f"train.on_nonfinite: expected 'stop' or 'skip', got {t.on_nonfinite!r}")
+    if t.nonfinite_check_every < 1 or t.barrier_timeout_s <= 0:
+        raise ConfigError(f"train.nonfinite_check_every / train.barrier_timeout_s: need >= 1 / > 0, got "
+                          f"{t.nonfinite_check_every} / {t.barrier_timeout_s}")
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> Config:
@@ -222,9 +225,6 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
     schema = OmegaConf.structured(Config)
     try:
         merged = schema
-    if t.nonfinite_check_every < 1 or t.barrier_timeout_s <= 0:
-        raise ConfigError(f"train.nonfinite_check_every / train.barrier_timeout_s: need >= 1 / > 0, got "
-                          f"{t.nonfinite_check_every} / {t.barrier_timeout_s}")
         if path is not None:
             path = Path(path)
             if not path.is_file():
