@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from torch.utils.data.distributed import DistributedSampler
 
 from multisk.data.dataset import FeatureStoreDataset, collate_batch, crop_tokens
 from multisk.data.feature_store import FeatureStoreError, FeatureStoreWriter
@@ -94,16 +93,32 @@ def test_missing_modality_needs_dims_and_is_empty(tmp_path):
     assert ds.collate_fn([ds[0], ds[1]])["audio_mask"].sum() == 0
 
 
-def test_distributed_sampler_partitions_and_loader_is_deterministic(tmp_path):
+def test_resumable_batch_sampler_ranks_join_to_the_global_batch_and_resume_exactly(tmp_path):
+    from multisk.config import ConfigError
+    from multisk.train.sampling import ResumableBatchSampler
+
+    n, global_batch = 23, 6
+    single = list(ResumableBatchSampler(n, global_batch, seed=3, epoch=2))
+    # the documented order: torch.randperm with generator seed 3 * 100003 + epoch, cut into global
+    # batches, the incomplete last one (23 = 3 x 6 + 5) dropped
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(3 * 100_003 + 2)).tolist()
+    assert single == [perm[0:6], perm[6:12], perm[12:18]]
+    assert list(ResumableBatchSampler(n, global_batch, seed=3, epoch=3)) != single
+    for world in (2, 3):
+        ranks = [list(ResumableBatchSampler(n, global_batch, seed=3, epoch=2, rank=r, world_size=world))
+                 for r in range(world)]
+        assert all(len(batch) == global_batch // world for batches in ranks for batch in batches)
+        joined = [[i for r in range(world) for i in ranks[r][b]] for b in range(len(single))]
+        assert joined == single  # the ranks' shares, in rank order, are the single-process batch
+        # resuming at global batch 1, on this world size, continues exactly where one process would be
+        resumed = [list(ResumableBatchSampler(n, global_batch, seed=3, epoch=2, start_batch=1, rank=r,
+                                              world_size=world)) for r in range(world)]
+        assert [[i for r in range(world) for i in resumed[r][b]] for b in range(2)] == single[1:]
+    with pytest.raises(ConfigError, match="does not divide"):
+        ResumableBatchSampler(n, global_batch, seed=3, world_size=4)
+    # through a DataLoader over a store: the batches are the sampler's indices, and deterministic
     write_store(tmp_path, n_items=5)
     ds = FeatureStoreDataset(tmp_path, "train")
-    seen = []
-    for rank in range(2):
-        sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=3, drop_last=False)
-        sampler.set_epoch(1)
-        loader = DataLoader(ds, batch_size=2, sampler=sampler, collate_fn=ds.collate_fn)
-        first = [b["index"].tolist() for b in loader]
-        again = [b["index"].tolist() for b in DataLoader(ds, batch_size=2, sampler=sampler, collate_fn=ds.collate_fn)]
-        assert first == again
-        seen += [i for batch in first for i in batch]
-    assert sorted(set(seen)) == list(range(5))  # 5 items over 2 ranks: one index is repeated as padding
+    sampler = ResumableBatchSampler(len(ds), 2, seed=1, epoch=0)
+    seen = [b["index"].tolist() for b in DataLoader(ds, batch_sampler=sampler, collate_fn=ds.collate_fn)]
+    assert seen == list(sampler) and len(seen) == 2
