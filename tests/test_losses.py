@@ -570,3 +570,30 @@ def test_objective_inside_cpu_bf16_autocast_equals_float32():
         for got_grad, want_grad in zip(got_grads, want_grads):
             torch.testing.assert_close(got_grad, want_grad, atol=1e-6, rtol=1e-5)
     assert results[0][1][0]["sspc"] > 0 and results[0][1][0]["contrastive"] > 0
+
+
+def test_choice_registries_are_the_configurable_values_and_messages_list_them():
+    # Issue 12 item 5: one source of truth per choice; config validation and the losses read one list
+    from multisk.config import (
+        AUDIO_ENCODER_NAMES, CONTRASTIVE_KINDS, SSPC_COSTS, SSPC_SOLVERS, check_registry, load_config,
+    )
+    from multisk.losses.contrastive import CRITERIA
+    from multisk.losses.structure_preserving import COSTS, SOLVERS
+    from multisk.models.davenet import AUDIO_ENCODERS
+
+    assert sorted(COSTS) == sorted(SSPC_COSTS) and sorted(SOLVERS) == sorted(SSPC_SOLVERS)
+    assert sorted(CRITERIA) == sorted(CONTRASTIVE_KINDS) and sorted(AUDIO_ENCODERS) == sorted(AUDIO_ENCODER_NAMES)
+    listed = ", ".join(repr(name) for name in SSPC_COSTS)
+    with pytest.raises(ConfigError, match=f"loss.sspc.cost: expected one of {listed}, got 'mse'"):
+        load_config(None, ["loss.sspc.cost=mse"])
+    with pytest.raises(ConfigError, match=f"loss.sspc.cost: expected one of {listed}, got 'mse'"):
+        StructurePreservingLoss(SSPCConfig(cost="mse"), MODS, 4, 4, 3)
+    with pytest.raises(ConfigError, match="loss.sspc.solver: expected one of 'multi', 'classic'"):
+        StructurePreservingLoss(SSPCConfig(solver="pot"), MODS, 4, 4, 3)
+    with pytest.raises(ConfigError, match="loss.contrastive.kind: expected one of 'norm_softmax', 'mms'"):
+        CombinatorialContrastiveLoss(ContrastiveConfig(kind="triplet"), {"text", "video", "audio"})
+    with pytest.raises(ConfigError, match="loss.sspc.weight"):
+        load_config(None, ["loss.sspc.weight=-1"])
+    # a registry that drifts from the configurable names is refused where it is built
+    with pytest.raises(ConfigError, match="loss.sspc.cost: implemented"):
+        check_registry("loss.sspc.cost", {**COSTS, "mse": None}, SSPC_COSTS)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -171,35 +171,72 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+# The values of every choice field of the model and loss sections: the one list that validation and its
+# messages read, and that the registries implementing the choices are checked against when they are
+# built (multisk.losses: CRITERIA, SOLVERS, COSTS; multisk.models.davenet: AUDIO_ENCODERS), so a
+# name cannot be accepted here and unknown there, or the other way round.
+MODEL_VARIANTS = ("per_modality", "everything_at_once")
+AUDIO_ENCODER_NAMES = ("davenet_v1", "davenet_v2")
+CONTRASTIVE_KINDS = ("norm_softmax", "mms")
+SSPC_SOLVERS = ("multi", "classic")
+SSPC_COSTS = ("reference", "soft_ce")
+SSPC_WARMUPS = ("queue_full", "none")
+
+
+def check_choice(key: str, value: object, choices: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` naming ``key`` and the allowed values unless ``value`` is one of them."""
+    if value not in choices:
+        raise ConfigError(f"{key}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def check_registry(key: str, registry: Mapping[str, object], choices: Sequence[str]) -> None:
+    """Raise unless the implementations in ``registry`` are exactly the configurable ``choices``."""
+    if tuple(sorted(registry)) != tuple(sorted(choices)):
+        raise ConfigError(f"{key}: implemented {sorted(registry)} but the configuration accepts {sorted(choices)}")
+
+
+def validate_sspc_config(s: SSPCConfig) -> None:
+    """Checks of ``loss.sspc`` shared by :func:`load_config` and :class:`StructurePreservingLoss`."""
+    check_choice("loss.sspc.solver", s.solver, SSPC_SOLVERS)
+    check_choice("loss.sspc.cost", s.cost, SSPC_COSTS)
+    check_choice("loss.sspc.warmup", s.warmup, SSPC_WARMUPS)
+    if not 0 < s.assign_fraction <= 1:
+        raise ConfigError(f"loss.sspc.assign_fraction: must be in (0, 1], got {s.assign_fraction}")
+    if s.queue_size < 0:
+        raise ConfigError(f"loss.sspc.queue_size: must be >= 0, got {s.queue_size}")
+    if s.temperature <= 0:
+        raise ConfigError(f"loss.sspc.temperature: must be > 0, got {s.temperature}")
+    if s.weight < 0:
+        raise ConfigError(f"loss.sspc.weight: must be >= 0, got {s.weight}")
+
+
+def validate_contrastive_config(c: ContrastiveConfig) -> None:
+    """Checks of ``loss.contrastive`` shared by :func:`load_config` and the contrastive loss."""
+    check_choice("loss.contrastive.kind", c.kind, CONTRASTIVE_KINDS)
+    # temperature and margin are checked by the criteria themselves (they can be built without a config)
+
+
+def validate_loss_config(loss: LossConfig) -> None:
+    validate_contrastive_config(loss.contrastive)
+    validate_sspc_config(loss.sspc)
+
+
 def validate_model_config(m: ModelConfig) -> None:
     """Checks shared by :func:`load_config` and models built from a hand-made ModelConfig."""
     if not m.modalities:
         raise ConfigError("model.modalities: at least one modality is required")
-    if m.variant not in ("per_modality", "everything_at_once"):
-        raise ConfigError(f"model.variant: expected 'per_modality' or 'everything_at_once', got {m.variant!r}")
+    check_choice("model.variant", m.variant, MODEL_VARIANTS)
     for name in m.modalities:
         if name not in MODALITIES:
             raise ConfigError(f"model.modalities: unknown modality {name!r} (known: {', '.join(MODALITIES)})")
-    if m.audio_encoder not in ("davenet_v1", "davenet_v2"):
-        raise ConfigError(f"model.audio_encoder: expected 'davenet_v1' or 'davenet_v2', got {m.audio_encoder!r}")
+    check_choice("model.audio_encoder", m.audio_encoder, AUDIO_ENCODER_NAMES)
     if m.embed_dim % m.num_heads:
         raise ConfigError(f"model.num_heads: {m.num_heads} does not divide model.embed_dim {m.embed_dim}")
 
 
 def _check(cfg: Config) -> None:
     validate_model_config(cfg.model)
-    s = cfg.loss.sspc
-    if s.solver not in ("multi", "classic"):
-        raise ConfigError(f"loss.sspc.solver: expected 'multi' or 'classic', got {s.solver!r}")
-    if s.cost not in ("reference", "soft_ce"):
-        raise ConfigError(f"loss.sspc.cost: expected 'reference' or 'soft_ce', got {s.cost!r}")
-    if s.warmup not in ("queue_full", "none"):
-        raise ConfigError(f"loss.sspc.warmup: expected 'queue_full' or 'none', got {s.warmup!r}")
-    if not 0 < s.assign_fraction <= 1:
-        raise ConfigError(f"loss.sspc.assign_fraction: must be in (0, 1], got {s.assign_fraction}")
-    c = cfg.loss.contrastive
-    if c.kind not in ("norm_softmax", "mms"):
-        raise ConfigError(f"loss.contrastive.kind: expected 'norm_softmax' or 'mms', got {c.kind!r}")
+    validate_loss_config(cfg.loss)
     d = cfg.data
     if d.num_workers < 0 or d.prefetch_factor < 1:
         raise ConfigError(f"data.num_workers / data.prefetch_factor: need >= 0 / >= 1, got {d.num_workers} / {d.prefetch_factor}")
@@ -265,5 +302,7 @@ def config_from_dict(data: Dict[str, Any]) -> Config:
 __all__ = [
     "MODALITIES", "MISSING", "Config", "ConfigError", "ContrastiveConfig", "DataConfig", "LossConfig",
     "ModelConfig", "SSPCConfig", "TrainConfig", "config_from_dict", "config_to_dict", "config_to_yaml",
-    "load_config", "validate_model_config",
+    "load_config", "validate_model_config", "AUDIO_ENCODER_NAMES", "CONTRASTIVE_KINDS", "MODEL_VARIANTS",
+    "SSPC_COSTS", "SSPC_SOLVERS", "SSPC_WARMUPS", "check_choice", "check_registry", "validate_loss_config",
+    "validate_contrastive_config", "validate_sspc_config",
 ]

@@ -24,7 +24,9 @@ from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from multisk.config import MODALITIES, ConfigError, ContrastiveConfig
+from multisk.config import (
+    CONTRASTIVE_KINDS, MODALITIES, ConfigError, ContrastiveConfig, check_registry, validate_contrastive_config,
+)
 from multisk.losses.distributed import (
     ProcessGroup,
     all_gather_no_grad,
@@ -137,13 +139,18 @@ class MaxMarginSoftmax(ContrastiveCriterion):
 MMS = MaxMarginSoftmax
 
 
+# loss.contrastive.kind -> the criterion built from the config
+CRITERIA = {
+    "norm_softmax": lambda cfg: NormSoftmax(cfg.temperature),
+    "mms": lambda cfg: MaxMarginSoftmax(cfg.margin),
+}
+check_registry("loss.contrastive.kind", CRITERIA, CONTRASTIVE_KINDS)
+
+
 def build_criterion(cfg: ContrastiveConfig) -> ContrastiveCriterion:
-    """The criterion named by ``cfg.kind`` ("norm_softmax" | "mms")."""
-    if cfg.kind == "norm_softmax":
-        return NormSoftmax(cfg.temperature)
-    if cfg.kind == "mms":
-        return MaxMarginSoftmax(cfg.margin)
-    raise ConfigError(f"loss.contrastive.kind: expected 'norm_softmax' or 'mms', got {cfg.kind!r}")
+    """The criterion named by ``cfg.kind`` (a key of :data:`CRITERIA`)."""
+    validate_contrastive_config(cfg)
+    return CRITERIA[cfg.kind](cfg)
 
 
 def embedding_modalities(name: str) -> Tuple[str, ...]:
@@ -269,6 +276,7 @@ class CombinatorialContrastiveLoss(nn.Module):
 
 
 __all__ = [
+    "CRITERIA",
     "CombinatorialContrastiveLoss",
     "ContrastiveCriterion",
     "GlobalKeys",

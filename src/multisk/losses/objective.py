@@ -25,7 +25,7 @@ from typing import Dict, Iterable, Mapping
 import torch
 import torch.nn as nn
 
-from multisk.config import ConfigError, LossConfig, ModelConfig
+from multisk.config import LossConfig, ModelConfig, validate_loss_config
 from multisk.losses.contrastive import CombinatorialContrastiveLoss
 from multisk.losses.distributed import ProcessGroup
 from multisk.losses.structure_preserving import StructurePreservingLoss
@@ -49,10 +49,9 @@ class TrainingObjective(nn.Module):
         process_group: ProcessGroup = None,
     ):
         super().__init__()
+        validate_loss_config(loss_cfg)
         self.contrastive = CombinatorialContrastiveLoss(loss_cfg.contrastive, available_embeddings, process_group)
         self.sspc_weight = float(loss_cfg.sspc.weight)
-        if self.sspc_weight < 0:
-            raise ConfigError(f"loss.sspc.weight: must be >= 0, got {self.sspc_weight}")
         self.sspc = (
             StructurePreservingLoss(
                 loss_cfg.sspc,

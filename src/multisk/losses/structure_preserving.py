@@ -48,7 +48,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from multisk import sinkhorn as sinkhorn_solvers
-from multisk.config import MODALITIES, ConfigError, SSPCConfig
+from multisk.config import (
+    MODALITIES, SSPC_COSTS, SSPC_SOLVERS, ConfigError, SSPCConfig, check_registry, validate_sspc_config,
+)
 from multisk.losses.contrastive import GlobalKeys, at_least_float32
 from multisk.losses.distributed import ProcessGroup, all_gather_no_grad, local_row_offset, world_size
 from multisk.losses.queue import EmbeddingQueue
@@ -103,7 +105,24 @@ def soft_cross_entropy_cost(scores: torch.Tensor, target: torch.Tensor, temperat
     return -(distribution * F.log_softmax(scores / temperature, dim=-1)).sum(-1)
 
 
-COSTS = {"reference": reference_cost, "soft_ce": soft_cross_entropy_cost}
+COSTS = {"reference": reference_cost, "soft_ce": soft_cross_entropy_cost}  # loss.sspc.cost
+check_registry("loss.sspc.cost", COSTS, SSPC_COSTS)
+
+
+def _multi_assignment_targets(scores: torch.Tensor, n_assign: int, cfg: SSPCConfig) -> torch.Tensor:
+    return sinkhorn_solvers.multi_sinkhorn(scores, n_assign, eps=cfg.epsilon, n_iters=cfg.n_iters,
+                                           low_scale=cfg.low_scale, check_finite=False)
+
+
+def _classic_targets(scores: torch.Tensor, n_assign: int, cfg: SSPCConfig) -> torch.Tensor:
+    return sinkhorn_solvers.sinkhorn(scores, eps=cfg.epsilon, n_iters=cfg.n_iters, check_finite=False)
+
+
+# loss.sspc.solver: (P, N, K) scores, r, config -> (P, N, K) float32 targets. No finiteness check inside
+# the solvers: it would cost a host sync every step; NaN scores give NaN targets and so a NaN loss,
+# which the training loop reports.
+SOLVERS = {"multi": _multi_assignment_targets, "classic": _classic_targets}
+check_registry("loss.sspc.solver", SOLVERS, SSPC_SOLVERS)
 
 
 class StructurePreservingLoss(nn.Module):
@@ -137,18 +156,7 @@ class StructurePreservingLoss(nn.Module):
         for m in modalities:
             if m not in MODALITIES:
                 raise ConfigError(f"model.modalities: unknown modality {m!r} (known: {', '.join(MODALITIES)})")
-        if cfg.solver not in ("multi", "classic"):
-            raise ConfigError(f"loss.sspc.solver: expected 'multi' or 'classic', got {cfg.solver!r}")
-        if cfg.cost not in COSTS:
-            raise ConfigError(f"loss.sspc.cost: expected 'reference' or 'soft_ce', got {cfg.cost!r}")
-        if cfg.warmup not in ("queue_full", "none"):
-            raise ConfigError(f"loss.sspc.warmup: expected 'queue_full' or 'none', got {cfg.warmup!r}")
-        if cfg.queue_size < 0:
-            raise ConfigError(f"loss.sspc.queue_size: must be >= 0, got {cfg.queue_size}")
-        if cfg.temperature <= 0:
-            raise ConfigError(f"loss.sspc.temperature: must be > 0, got {cfg.temperature}")
-        if not 0 < cfg.assign_fraction <= 1:
-            raise ConfigError(f"loss.sspc.assign_fraction: must be in (0, 1], got {cfg.assign_fraction}")
+        validate_sspc_config(cfg)
         if num_anchors < 1:
             raise ConfigError(f"model.num_anchors: must be >= 1, got {num_anchors}")
 
@@ -199,14 +207,7 @@ class StructurePreservingLoss(nn.Module):
 
     def _solve(self, scores: torch.Tensor) -> torch.Tensor:
         """(P, N, K) scores -> (P, N, K) float32 targets in one batched solver call."""
-        # no finiteness check inside the solver: it would cost a host sync every step; NaN scores give
-        # NaN targets and so a NaN loss, which the training loop reports
-        if self.cfg.solver == "multi":
-            return sinkhorn_solvers.multi_sinkhorn(
-                scores, self.n_assign, eps=self.cfg.epsilon, n_iters=self.cfg.n_iters, low_scale=self.cfg.low_scale,
-                check_finite=False,
-            )
-        return sinkhorn_solvers.sinkhorn(scores, eps=self.cfg.epsilon, n_iters=self.cfg.n_iters, check_finite=False)
+        return SOLVERS[self.cfg.solver](scores, self.n_assign, self.cfg)
 
     def warmup_gate(self) -> torch.Tensor:
         """0-dim float32: 1 when SSPC is active (queues filled once, or warm-up off), else 0."""
@@ -338,6 +339,7 @@ __all__ = [
     "COSTS",
     "INPUT_FROM_JOINT",
     "JOINT_FROM_INPUT",
+    "SOLVERS",
     "SSPCTerm",
     "StructurePreservingLoss",
     "build_term_table",

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from multisk.config import AUDIO_ENCODER_NAMES, ConfigError, check_choice, check_registry
+
 
 def _same_padding(kernel_size: int) -> int:
     # the reference pads k // 2 on both sides ((k - 1) / 2 for odd k), so stride-1 convs keep length
@@ -159,8 +161,6 @@ V1_BLOCKS = (2, 2, 2, 2)
 
 def _scaled(widths: Sequence[int], divisor: int, name: str) -> Tuple[int, ...]:
     if divisor < 1 or any(w % divisor for w in widths):
-        from multisk.config import ConfigError
-
         raise ConfigError(
             f"model.audio_width_divisor: must be a positive divisor of every {name} width {tuple(widths)}, got {divisor}"
         )
@@ -181,16 +181,14 @@ def davenet_v1(n_mels: int = 40, width_divisor: int = 1) -> DAVEnet:
     return DAVEnet(n_mels, widths[0], widths[1:], V1_BLOCKS, kernel_size=9)
 
 
-AUDIO_ENCODERS = {"davenet_v1": davenet_v1, "davenet_v2": davenet_v2}
+AUDIO_ENCODERS = {"davenet_v1": davenet_v1, "davenet_v2": davenet_v2}  # model.audio_encoder
+check_registry("model.audio_encoder", AUDIO_ENCODERS, AUDIO_ENCODER_NAMES)
 
 
 def build_audio_encoder(name: str, n_mels: int = 40, width_divisor: int = 1) -> DAVEnet:
-    """``name`` is ``model.audio_encoder`` ("davenet_v1" | "davenet_v2"), ``width_divisor`` is
+    """``name`` is ``model.audio_encoder`` (a key of :data:`AUDIO_ENCODERS`), ``width_divisor`` is
     ``model.audio_width_divisor``."""
-    if name not in AUDIO_ENCODERS:
-        from multisk.config import ConfigError
-
-        raise ConfigError(f"model.audio_encoder: expected one of {sorted(AUDIO_ENCODERS)}, got {name!r}")
+    check_choice("model.audio_encoder", name, AUDIO_ENCODER_NAMES)
     return AUDIO_ENCODERS[name](n_mels, width_divisor)
 
 
