@@ -3,7 +3,7 @@
 A stand-in encoder (per modality: token projection F -> D, masked mean, L2-norm = input embedding;
 linear D -> E = joint embedding; anchor heads of docs/architecture.md) keeps the step small enough for a
 CPU while producing exactly the output dict the losses consume. Three steps are timed (forward +
-backward + Adam):
+backward + Adam, through the trainer's own step, ``multisk.train.step.make_train_step``):
 
     model-only      the encoder with a trivial loss (sum of the joint embeddings)
     contrastive     + CombinatorialContrastiveLoss (pairs tv 1, ta 0.1, va 0.1)
@@ -20,14 +20,16 @@ SSPC overhead = full / contrastive - 1.
 from __future__ import annotations
 
 import argparse
-import time
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from multisk.config import ContrastiveConfig, LossConfig, ModelConfig, SSPCConfig
+from common import summarize_times, time_round_robin
+from multisk.config import ContrastiveConfig, LossConfig, ModelConfig, SSPCConfig, TrainConfig
 from multisk.losses import TrainingObjective
+from multisk.train.step import build_optimizer, make_grad_scaler, make_train_step
 
 MODALITIES = ("text", "video", "audio")
 
@@ -46,8 +48,8 @@ class StandInAnchors(nn.Module):
 
 
 class StandInModel(nn.Module):
-    """tokens (B, T, F) per modality -> the model output dict (joint, joint_normalized, input_embedding,
-    input_anchor_scores, joint_anchor_scores, nonempty)."""
+    """batch {m: tokens (B, T, F), f"{m}_mask": (B, T)} -> the model output dict (joint, joint_normalized,
+    input_embedding, input_anchor_scores, joint_anchor_scores, nonempty)."""
 
     def __init__(self, feature_dim: int, input_dim: int, joint_dim: int, k: int):
         super().__init__()
@@ -55,9 +57,10 @@ class StandInModel(nn.Module):
         self.joint_proj = nn.ModuleDict({m: nn.Linear(input_dim, joint_dim) for m in MODALITIES})
         self.anchors = StandInAnchors(k, input_dim, joint_dim)
 
-    def forward(self, tokens, masks):
+    def forward(self, batch):
+        masks = {m: batch[f"{m}_mask"] for m in MODALITIES}
         pooled = {
-            m: (self.token_proj[m](tokens[m]) * masks[m][..., None]).sum(1) / masks[m].sum(1, keepdim=True).clamp(min=1)
+            m: (self.token_proj[m](batch[m]) * masks[m][..., None]).sum(1) / masks[m].sum(1, keepdim=True).clamp(min=1)
             for m in MODALITIES
         }
         inputs = {m: F.normalize(x, dim=-1) for m, x in pooled.items()}
@@ -75,26 +78,11 @@ class StandInModel(nn.Module):
         }
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class ModelOnlyObjective(nn.Module):
+    """A trivial loss (sum of the joint embeddings): the step's cost without any real loss."""
 
-
-def time_interleaved(steps: dict, repeats: int, warmup: int, device: torch.device) -> dict:
-    """{name: step function} -> {name: (min ms, median ms)}. The variants run round-robin so that a
-    load change on a shared machine hits all of them alike; the minimum is the least disturbed run."""
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    synchronize(device)
-    times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            synchronize(device)
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: (min(t), sorted(t)[len(t) // 2]) for name, t in times.items()}
+    def forward(self, output, anchors=None):
+        return {"loss": sum(x.float().sum() for x in output["joint"].values())}
 
 
 def main(argv=None) -> None:
@@ -125,61 +113,36 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
 
     model = StandInModel(args.feature_dim, args.input_dim, args.joint_dim, args.anchors).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    tokens = {m: torch.randn(args.batch, args.tokens, args.feature_dim, device=device) for m in MODALITIES}
-    masks = {m: torch.ones(args.batch, args.tokens, device=device) for m in MODALITIES}
-    masks["audio"][: args.batch // 10] = 0  # some clips without audio, as in HowTo100M
+    # the trainer's optimizer and step (multisk.train.step), so the timed step is the product's
+    optimizer = build_optimizer(TrainConfig(lr=1e-4), model)
+    scaler = make_grad_scaler(device, args.precision)
+    batch = {m: torch.randn(args.batch, args.tokens, args.feature_dim, device=device) for m in MODALITIES}
+    batch.update({f"{m}_mask": torch.ones(args.batch, args.tokens, device=device) for m in MODALITIES})
+    batch["audio_mask"][: args.batch // 10] = 0  # some clips without audio, as in HowTo100M
     model_cfg = ModelConfig(
         embed_dim=args.input_dim, projection_dim=args.joint_dim, num_anchors=args.anchors, num_heads=1
     )
     contrastive_cfg = ContrastiveConfig()
     available = set(MODALITIES)
+    sspc_cfg = SSPCConfig(queue_size=args.queue, solver=args.solver, n_iters=args.iters, warmup="none")
     objectives = {
+        "model-only": ModelOnlyObjective(),
         "contrastive": TrainingObjective(LossConfig(contrastive_cfg, SSPCConfig(enabled=False)), model_cfg, available),
-        "full": TrainingObjective(
-            LossConfig(
-                contrastive_cfg,
-                SSPCConfig(queue_size=args.queue, solver=args.solver, n_iters=args.iters, warmup="none"),
-            ),
-            model_cfg,
-            available,
-        ),
+        "full": TrainingObjective(LossConfig(contrastive_cfg, sspc_cfg), model_cfg, available),
     }
-    for objective in objectives.values():
-        objective.to(device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
-
-    def model_only():
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            out = model(tokens, masks)
-            loss = sum(x.float().sum() for x in out["joint"].values())
-        loss.backward()
-        optimizer.step()
-
-    def with_objective(name):
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                out = model(tokens, masks)
-                result = objectives[name](out, model.anchors)
-            result["loss"].backward()
-            optimizer.step()
-        return step
+    steps = {}
+    for name, objective in objectives.items():
+        step = make_train_step(model, objective.to(device), optimizer, scaler, args.precision)
+        steps[name] = partial(step, batch)
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"device {device} ({where}), "
           f"precision {args.precision}, batch {args.batch}, queue {args.queue}, K {args.anchors}, D {args.input_dim}, "
           f"E {args.joint_dim}, solver {args.solver} x{args.iters}")
-    measured = time_interleaved(
-        {"model-only": model_only, "contrastive": with_objective("contrastive"), "full": with_objective("full")},
-        args.steps,
-        args.warmup,
-        device,
-    )
-    for name, (fastest, median) in measured.items():
-        print(f"  {name:12s} min {fastest:9.2f} ms/step   median {median:9.2f} ms/step")
-    times = {name: fastest for name, (fastest, _) in measured.items()}
+    measured = {name: summarize_times(t) for name, t in time_round_robin(steps, args.steps, args.warmup, device).items()}
+    for name, summary in measured.items():
+        print(f"  {name:12s} min {summary['min_ms']:9.2f} ms/step   median {summary['median_ms']:9.2f} ms/step")
+    times = {name: summary["min_ms"] for name, summary in measured.items()}
     base = times["model-only"]
     print("  ratios from the minima:")
     print(f"  contrastive loss share of its step: {(times['contrastive'] - base) / times['contrastive']:.1%}")

@@ -47,6 +47,7 @@ import math
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -71,7 +72,7 @@ from common import (
 from multisk.config import Config, ConfigError, load_config
 from multisk.losses import TrainingObjective
 from multisk.models import build_model, count_parameters
-from multisk.sinkhorn import multi_sinkhorn, sinkhorn
+from multisk.train.step import build_optimizer, make_grad_scaler, make_train_step
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PAPER_CONFIG = REPO_ROOT / "configs" / "paper" / "howto100m_resnet_tva.yaml"
@@ -228,35 +229,6 @@ def synthetic_batch(cfg: Config, batch: int, seed: int = 0,
 
 
 # ------------------------------------------------------------------------------------------- steps
-def make_optimizer(cfg: Config, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    """Adam (or AdamW per train.optimizer) with train.lr / weight_decay; the fused kernel on CUDA."""
-    kwargs: Dict[str, object] = {"lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay}
-    if device.type == "cuda":
-        kwargs["fused"] = True
-    optimizer_class = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
-    return optimizer_class([p for p in model.parameters() if p.requires_grad], **kwargs)  # type: ignore[arg-type]
-
-
-def make_train_step(model: torch.nn.Module, objective: TrainingObjective, optimizer: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler, batch: Dict[str, torch.Tensor], device: torch.device,
-                    precision: str) -> Callable[[], Dict[str, torch.Tensor]]:
-    """One training step as the trainer runs it: zero grads, forward model + objective under
-    autocast, (scaled) backward, optimizer step, scaler update. Returns the objective's dict."""
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-    def step() -> Dict[str, torch.Tensor]:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            output = model(batch)
-            losses = objective(output, model.anchors)  # type: ignore[attr-defined]
-        scaler.scale(losses["loss"]).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        return losses
-
-    return step
-
-
 def solver_problem(cfg: Config, rows: int, problems: int, device: torch.device, seed: int = 0) -> torch.Tensor:
     """(problems, rows, K) float32 cosine similarities of random unit vectors with random unit anchors
     (the solver's cost does not depend on the values: it always runs loss.sspc.n_iters iterations)."""
@@ -267,14 +239,10 @@ def solver_problem(cfg: Config, rows: int, problems: int, device: torch.device, 
     return (vectors @ anchors.transpose(1, 2)).to(device)
 
 
-def make_solver_call(cfg: Config, scores: torch.Tensor) -> Callable[[], torch.Tensor]:
-    """The SSPC target solver exactly as StructurePreservingLoss calls it, on ``scores`` (P, N, K)."""
-    sspc = cfg.loss.sspc
-    n_assign = max(1, int(round(sspc.assign_fraction * cfg.model.num_anchors)))
-    if sspc.solver == "multi":
-        return lambda: multi_sinkhorn(scores, n_assign, eps=sspc.epsilon, n_iters=sspc.n_iters,
-                                      low_scale=sspc.low_scale)
-    return lambda: sinkhorn(scores, eps=sspc.epsilon, n_iters=sspc.n_iters)
+def make_solver_call(objective: TrainingObjective, scores: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """The SSPC target solver of ``objective`` on ``scores`` (P, N, K): the loss's own solve (its
+    ``n_assign`` rounding, solver choice and arguments), not a copy of it."""
+    return partial(objective.sspc._solve, scores)
 
 
 def count_flops(step: Callable[[], object]) -> int:
@@ -325,10 +293,11 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         "contrastive": TrainingObjective(contrastive_cfg.loss, cfg.model, model.joint_names).to(device),
         "sspc": TrainingObjective(cfg.loss, cfg.model, model.joint_names).to(device),
     }
-    optimizer = make_optimizer(cfg, model, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    # the trainer's own optimizer factory and step (multisk.train.step): the timed step is the product's
+    optimizer = build_optimizer(cfg.train, model)
+    scaler = make_grad_scaler(device, precision)
     batch = {k: v.to(device) for k, v in synthetic_batch(cfg, batch_size, seed=args.seed).items()}
-    steps_by_name = {name: make_train_step(model, objective, optimizer, scaler, batch, device, precision)
+    steps_by_name = {name: partial(make_train_step(model, objective, optimizer, scaler, precision), batch)
                      for name, objective in objectives.items()}
     problems = objectives["sspc"].sspc.num_problems if objectives["sspc"].sspc is not None else 0
     solver_rows = sspc_cfg.queue_size + batch_size
@@ -358,7 +327,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     scores = solver_problem(cfg, solver_rows, max(problems, 1), device, seed=args.seed)
     timed: Dict[str, Callable[[], object]] = dict(steps_by_name)
     if problems:
-        timed["solver"] = make_solver_call(cfg, scores)
+        timed["solver"] = make_solver_call(objectives["sspc"], scores)
     started, cpu_started = time.perf_counter(), time.process_time()
     times = time_round_robin(timed, steps, warmup, device)
     timing_seconds = time.perf_counter() - started
@@ -383,7 +352,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
             return_freed_memory_to_os()
             memory[name] = measure_peak_rss(step)
     queue_bytes = sum(b.numel() * b.element_size() for b in objectives["sspc"].buffers())
-    active = objectives["sspc"].sspc is not None and bool(steps_by_name["sspc"]()["sspc/active"].item())
+    active = objectives["sspc"].sspc is not None and bool(steps_by_name["sspc"]().losses["sspc/active"].item())
     load_after = load_average()
 
     variants: Dict[str, Dict[str, object]] = {}
