@@ -346,3 +346,24 @@ def test_exact_float32_turns_autocast_and_tf32_off_inside_and_restores_them(monk
     finally:
         for (owner, name), value in zip(precision._precision_backends(), before):
             setattr(owner, name, value)
+
+
+def test_configure_model_math_allows_tf32_only_for_fp32_models_and_sets_cudnn_benchmark():
+    from multisk.sinkhorn import precision
+
+    before, benchmark = precision.tf32_flags(), torch.backends.cudnn.benchmark
+    try:
+        precision.configure_model_math("fp32")
+        assert torch.backends.cudnn.benchmark is True
+        cuda_matmul = precision.tf32_flags()[0]
+        assert cuda_matmul in ("tf32", True)
+        with precision.exact_float32(torch.device("cpu")):
+            assert precision.tf32_flags()[0] in ("ieee", False)  # anchors and solver: never TF32
+        precision.configure_model_math("bf16", static_shapes=False)
+        assert torch.backends.cudnn.benchmark is False and precision.tf32_flags()[0] in ("ieee", False)
+        with pytest.raises(ValueError, match="precision"):
+            precision.configure_model_math("tf32")
+    finally:
+        for (owner, name), value in zip(precision._precision_backends(), before):
+            setattr(owner, name, value)
+        torch.backends.cudnn.benchmark = benchmark

@@ -20,7 +20,7 @@ from typing import Iterator, List, Tuple
 
 import torch
 
-__all__ = ["autocast_disabled", "exact_float32", "set_model_tf32", "tf32_flags"]
+__all__ = ["autocast_disabled", "configure_model_math", "exact_float32", "set_model_tf32", "tf32_flags"]
 
 
 def autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
@@ -81,3 +81,18 @@ def set_model_tf32(enabled: bool) -> None:
     else:
         backends.cuda.matmul.allow_tf32 = bool(enabled)
         backends.cudnn.allow_tf32 = bool(enabled)
+
+
+def configure_model_math(precision: str, static_shapes: bool = True) -> None:
+    """The process-wide CUDA math settings of a training or benchmark run (issue 13 item 7).
+
+    * ``cudnn.benchmark = static_shapes``: the batches have fixed shapes (crops and padding to the
+      configured token counts), so cuDNN may time its convolution algorithms once and keep the fastest;
+    * TF32 for the model's float32 matmuls and convolutions only in ``"fp32"`` runs (bf16 / fp16 runs
+      do their heavy math in autocast; their float32 remainder stays IEEE). Anchors, Multi-SK and the
+      losses never see TF32: they run under :func:`exact_float32`.
+    """
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision: expected 'fp32', 'bf16' or 'fp16', got {precision!r}")
+    torch.backends.cudnn.benchmark = bool(static_shapes)
+    set_model_tf32(precision == "fp32")
