@@ -22,26 +22,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--index", required=True, help=".npz written by `multisk embed`")
     s.add_argument("--target", default="video", help="embedding to search: video, audio, video+audio, ...")
     s.add_argument("--top", type=int, default=10)
+    s.add_argument("--checkpoint", default=None,
+                   help="the checkpoint the index was made with, if it is no longer where the index says")
+    s.add_argument("--word-vectors", default=None,
+                   help="the word-vector file the store's text was made with, if it is no longer where recorded")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=run_search)
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    from multisk.train.data import store_dataset
     from multisk.data.feature_store import read_manifest
-    from multisk.evaluate.classification import text_encoder_spec
     from multisk.evaluate.index import save_index
+    from multisk.evaluate.inputs import eval_store_dataset
     from multisk.evaluate.loading import load_model
     from multisk.evaluate.pipeline import embed_dataset
+    from multisk.evaluate.text_queries import query_encoder_spec
     from multisk.train.distributed import pick_device
 
     device = pick_device(args.device)
     model, cfg = load_model(args.checkpoint, device=device)
-    dataset = store_dataset(cfg, args.data, args.split)
+    dataset = eval_store_dataset(cfg, args.data, args.split)
     emb = embed_dataset(model, dataset, device=device, batch_size=args.batch_size)
-    spec = text_encoder_spec(read_manifest(args.data), args.split, cfg.data.modality_map.get("text", "text"))
-    path = save_index(args.out, emb, dataset.store.items, checkpoint=str(Path(args.checkpoint).resolve()), text_encoder=spec)
-    print(f"wrote {path}: {len(dataset)} items, embeddings {sorted(emb['joint'])}")
+    spec = query_encoder_spec(read_manifest(args.data), args.split, dataset.modality_map.get("text", "text"))
+    path = save_index(args.out, emb, dataset.store.items, checkpoint=Path(args.checkpoint), text_encoder=spec)
+    have = ", ".join(f"{m} {int(flag.sum())}" for m, flag in emb["nonempty"].items())
+    print(f"wrote {path}: {len(dataset)} items (having {have}), embeddings {sorted(emb['joint'])}")
+    if spec is None:
+        print(f"note: the store records no text encoder for {dataset.modality_map.get('text', 'text')!r}; "
+              f"`multisk search` cannot embed queries for this index")
     return 0
 
 
@@ -50,7 +58,8 @@ def run_search(args: argparse.Namespace) -> int:
     from multisk.train.distributed import pick_device
 
     index = load_index(args.index)
-    hits = search_index(index, args.query, target=args.target, top=args.top, device=pick_device(args.device))
+    hits = search_index(index, args.query, target=args.target, top=args.top, device=pick_device(args.device),
+                        checkpoint=args.checkpoint, word_vectors=args.word_vectors)
     for rank, hit in enumerate(hits, 1):
         print(f"{rank:3d}  {hit['score']:.4f}  {hit['id']}  {json.dumps(hit.get('caption', ''))}")
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -17,37 +16,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="split to evaluate (repeatable; default: every split except the training split)")
     p.add_argument("--out", default=None, help="output folder (default: next to the checkpoint, eval/)")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
+    p.add_argument("--empty-modalities", default="auto", choices=["auto", "masking_token", "excluded"],
+                   help="an item lacking a modality: 'masking_token' scores it through the model's masking token "
+                        "(every item is a query, SPEC §7), 'excluded' leaves it out of the directions needing "
+                        "that modality; 'auto' (default): what the store records (masking_token for converted "
+                        "MSR-VTT / YouCook2), else excluded")
+    p.add_argument("--word-vectors", default=None,
+                   help="word-vector file for class names, if the store's recorded file has moved")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision of the forward pass (default fp32, as the reference evaluates)")
     p.add_argument("--batch-size", type=int, default=256)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from multisk.train.data import store_dataset
     from multisk.data.feature_store import read_manifest
     from multisk.evaluate.classification import classify_by_category
+    from multisk.evaluate.inputs import eval_store_dataset
     from multisk.evaluate.loading import load_model
-    from multisk.evaluate.pipeline import evaluate_model
-    from multisk.evaluate.report import format_results_table, results_to_markdown
+    from multisk.evaluate.pipeline import evaluate_split
+    from multisk.evaluate.report import format_inputs_line, format_results_table, results_to_markdown, write_metrics_json
     from multisk.train.distributed import pick_device
 
     device = pick_device(args.device)
     model, cfg = load_model(args.checkpoint, device=device, use_ema=args.ema)
     manifest = read_manifest(args.data)
     splits = args.split or [s for s in manifest["splits"] if s != cfg.data.train_split]
-    datasets = {s: store_dataset(cfg, args.data, s) for s in splits}
-    results = evaluate_model(model, datasets, device=device, precision=args.precision,
-                             batch_size=args.batch_size, keep_embeddings=True)
-    for split, entry in results.items():
-        emb = entry.pop("embeddings")
-        classification = classify_by_category(model, datasets[split], emb, manifest, device=device)
+    unknown = [s for s in splits if s not in manifest["splits"]]
+    if unknown:
+        from multisk.data.feature_store import FeatureStoreError
+
+        raise FeatureStoreError(f"{Path(args.data) / 'manifest.json'}: no split {unknown} (have: {sorted(manifest['splits'])})")
+    print(f"evaluating {args.checkpoint}{' (EMA weights)' if args.ema else ''} on {args.data}: {', '.join(splits)}")
+    results = {}
+    for split in splits:
+        dataset = eval_store_dataset(cfg, args.data, split)
+        entry, emb = evaluate_split(model, dataset, device=device, precision=args.precision,
+                                    batch_size=args.batch_size, empty_modalities=args.empty_modalities)
+        print(f"{split}: {format_inputs_line(entry)}")
+        classification, skipped = classify_by_category(model, dataset, emb, manifest, device=device,
+                                                       word_vectors=args.word_vectors)
         if classification:
             entry["classification"] = classification
+        if skipped:
+            entry["skipped"]["classification"] = skipped
+        results[split] = entry
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    write_metrics_json(results, out / "results.json")
     (out / "results.md").write_text(results_to_markdown(results), encoding="utf-8")
+    print()
     print(format_results_table(results))
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return 0

@@ -3,8 +3,11 @@
 The store gets three modalities: ``text`` (word vectors of the caption's first ``max_words``
 in-vocabulary words, SPEC §1), ``video`` (4096-d tokens ``[n(2D) ; n(3D)]``) and ``audio``
 (spectrogram frames, (F, 40) per item). The split's manifest entry records ``source``, ``input``,
-``complete_size`` (the divisor for retrieval percentages), ``max_tokens`` (the evaluation window),
-``word_vectors``, ``lowercase`` and the skip counts.
+``complete_size`` (the divisor for retrieval percentages), ``max_tokens`` (the stored lengths),
+``word_vectors``, ``lowercase``, ``text_encoder`` (how to embed new text the same way: see
+:func:`text_encoder_record`) and the skip counts. The evaluation pickles also record ``eval_window``
+(the first 48 / 3072 or 72 / 4608 steps, crop ``start``) and ``empty_modalities: masking_token``:
+the protocol ``multisk eval`` applies to the split (SPEC §7).
 
 Bad input raises :class:`DataFormatError` naming the file and the field. With ``skip_bad=True`` bad items
 are left out and listed in ``OUT/<split>.skipped.json`` (``{"file", "item", "field", "reason"}`` each).
@@ -75,10 +78,25 @@ def convert_dataset(
     kv = load_word_vectors(word_vectors)
     if lowercase is None:
         lowercase = str(word_vectors) == PACKAGED_GLOVE
-    common = {"word_vectors": str(word_vectors), "lowercase": bool(lowercase), "source": kind, "input": str(input)}
+    common = {"word_vectors": str(word_vectors), "lowercase": bool(lowercase), "source": kind, "input": str(input),
+              "text_encoder": text_encoder_record(str(word_vectors), bool(lowercase), max_words)}
     if kind == "howto100m":
         return _convert_howto100m(Path(input), Path(out_root), split, kv, skip_bad, max_words, bool(lowercase), dtype, common, opts)
     return _convert_pickle(kind, Path(input), Path(out_root), split, kv, skip_bad, max_words, bool(lowercase), dtype, common, opts)
+
+
+def text_encoder_record(word_vectors: str, lowercase: bool, max_words: int) -> Dict[str, Any]:
+    """How the store's ``text`` tokens were made, so class names and search queries can be embedded the
+    same way later: the word-vector source (a packaged name, or the file's absolute path, size and
+    file name, so a moved file can be named exactly), the tokenisation and the word limit."""
+    from multisk.data.word_vectors import PACKAGED_GLOVE
+
+    record: Dict[str, Any] = {"kind": "word_vectors", "name": word_vectors, "lowercase": lowercase,
+                              "max_words": int(max_words), "tokenizer": "regex [\\w']+, in-vocabulary words only"}
+    if word_vectors != PACKAGED_GLOVE:
+        path = Path(word_vectors).expanduser().resolve()
+        record.update(name=str(path), file_name=path.name, file_size=path.stat().st_size)
+    return record
 
 
 def _convert_pickle(kind, path, out_root, split, kv, skip_bad, max_words, lowercase, dtype, common, opts):
@@ -96,6 +114,11 @@ def _convert_pickle(kind, path, out_root, split, kv, skip_bad, max_words, lowerc
         **common,
         "complete_size": evalset.complete_size,
         "max_tokens": {"text": max_words, **evalset.window},
+        # the evaluation protocol of SPEC §7, applied by `multisk eval` and the trainer's periodic
+        # evaluation whatever lengths a checkpoint was trained on: the first window, and every item
+        # scored with its empty modalities going through the masking token
+        "eval_window": {"text": max_words, **evalset.window, "crop": "start"},
+        "empty_modalities": "masking_token",
         "skipped_by_rule": len(evalset.skipped_by_rule),
     }
     with FeatureStoreWriter(out_root, split, {"text": kv.vector_size, "video": 4096, "audio": 40}, dtype=dtype) as writer:

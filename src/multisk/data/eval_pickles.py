@@ -14,9 +14,12 @@ YouCook2 (``youcook_val.pkl``): a list of dicts ``id``, ``2d_full``, ``3d_full``
 (str). Items without ``2d_full`` are skipped — the reference's rule; they are counted in
 ``EvalSet.skipped_by_rule`` — and the complete size is 3350.
 
-Windows (SPEC §1), taken from the start of each item as the reference's evaluation loaders do: video
-tokens ``[n(2D resampled to the 3D rate) ; n(3D)]`` first 48 (MSR-VTT, 32 s) / 72 (YouCook2, 48 s) time
-steps; audio first 3072 / 4608 frames, stored time-first as (F, 40).
+Windows (SPEC §1, §7), taken from the start of each item as the reference's evaluation loaders do (its
+``clip`` strategy): video tokens ``[n(2D resampled to the 3D rate) ; n(3D)]`` first 48 (MSR-VTT, 32 s) /
+72 (YouCook2, 48 s) time steps; audio first 3072 / 4608 frames, stored time-first as (F, 40). An item
+whose 2D or 3D array has no time step gets an empty video (the reference masks the whole video then);
+an item with a (40, 0) spectrogram gets an empty audio. Empty modalities are kept: evaluation sends
+them through the model's masking token.
 
 Bad items (missing key, wrong shape or feature size, NaN/inf, empty or non-UTF-8 caption) raise
 :class:`DataFormatError` naming the file, the item and the field; with ``skip_bad=True`` they are left out
@@ -93,7 +96,12 @@ def _video_and_audio(record: Mapping[str, Any], where: str, key_2d: str, key_3d:
     f2d = check_array(_require(record, key_2d, where), where, key_2d, shape=(None, FEATURE_DIM_2D))
     f3d = check_array(_require(record, key_3d, where), where, key_3d, shape=(None, FEATURE_DIM_3D))
     spec = check_array(_require(record, "audio", where), where, "audio", shape=(N_MELS, None))
-    video = combine_video_features(f2d, f3d)[: window["video"]]
+    if f2d.shape[0] == 0 or f3d.shape[0] == 0:
+        # the reference's ``clip`` strategy masks every video token when either half is empty, so
+        # the item's video goes through the masking token (SPEC §7) rather than half a feature
+        video = np.zeros((0, FEATURE_DIM_2D + FEATURE_DIM_3D), dtype=np.float32)
+    else:
+        video = combine_video_features(f2d, f3d)[: window["video"]]
     audio = np.ascontiguousarray(spec.T[: window["audio"]])
     return video, audio
 

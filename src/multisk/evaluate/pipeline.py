@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from multisk.data.dataset import collate_batch
-from multisk.evaluate.directions import evaluate_directions
+from multisk.evaluate.directions import ALL_DIRECTIONS, evaluate_directions
 
 
 def _autocast(device: torch.device, precision: str):
@@ -85,6 +85,102 @@ def nonempty_for_joint(nonempty: Mapping[str, torch.Tensor], names) -> Dict[str,
     return result
 
 
+def _direction_modalities(label: str) -> Tuple[List[str], bool]:
+    """(modalities a direction needs, whether it needs a model-fused pair embedding)."""
+    query, gallery = ALL_DIRECTIONS[label]
+    return list(dict.fromkeys(query.modalities + gallery.modalities)), query.fused_by_model or gallery.fused_by_model
+
+
+def score_retrieval(
+    emb: Mapping[str, Any],
+    *,
+    mode: str,
+    groups: Optional[np.ndarray] = None,
+    complete_size: Optional[int] = None,
+) -> Tuple[Dict[str, Dict[str, float]], Dict[str, str]]:
+    """Every retrieval direction a split allows, and why each other direction was skipped.
+
+    Args:
+        emb: :func:`embed_dataset` output (``joint`` and ``nonempty``).
+        mode: ``"masking_token"`` (every item is a query and a gallery entry; an empty modality is the
+            model's masking-token embedding, SPEC §7) or ``"excluded"`` (items lacking a modality leave the
+            sides that need it).
+    Returns:
+        ``(retrieval, skipped)``: direction label -> metrics, and direction label -> reason.
+    """
+    nonempty = emb["nonempty"]
+    # a modality no item has cannot be retrieved in either mode: every gallery entry would be the same
+    # masking-token embedding
+    absent = sorted(m for m, flag in nonempty.items() if not bool(flag.any()))
+    usable = {n: e for n, e in emb["joint"].items() if not set(n.split("_")) & set(absent)}
+    skipped: Dict[str, str] = {}
+    retrieval: Dict[str, Dict[str, float]] = {}
+    if usable:
+        validity = None if mode == "masking_token" else nonempty_for_joint(nonempty, usable.keys())
+        retrieval = evaluate_directions(usable, validity, groups=groups, complete_size=complete_size)
+    model_has_pairs = any("_" in n for n in emb["joint"])
+    for label in ALL_DIRECTIONS:
+        if label in retrieval:
+            continue
+        needed, needs_pair = _direction_modalities(label)
+        if needs_pair and not model_has_pairs:
+            continue  # models without fused pair embeddings never have these; listing them is noise
+        missing_branch = [m for m in needed if m not in nonempty]
+        empty = [m for m in needed if m in absent]
+        if missing_branch:
+            skipped[label] = f"the model has no {' / '.join(missing_branch)} branch"
+        elif empty:
+            skipped[label] = f"no item of this split has {' / '.join(empty)}"
+        elif needs_pair:
+            skipped[label] = "the model computes no embedding for this pair"
+        else:
+            skipped[label] = f"no item has every modality of both sides ({' + '.join(needed)}; empty modalities excluded)"
+    return retrieval, skipped
+
+
+def evaluate_split(
+    model: torch.nn.Module,
+    dataset,
+    *,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    batch_size: int = 128,
+    empty_modalities: str = "auto",
+) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Embed one split and score it; returns ``(entry, embeddings)``.
+
+    ``entry``: ``{"n_items", "complete_size"?, "inputs", "retrieval", "skipped": {"directions": {...}}}``
+    (:func:`evaluate_model` documents the fields). Further per-split blocks (classification, baselines,
+    structure preservation) are added by the caller next to ``retrieval``.
+    """
+    from multisk.evaluate.inputs import dataset_inputs, empty_modalities_mode
+
+    mode = empty_modalities_mode(dataset, empty_modalities)
+    emb = embed_dataset(model, dataset, device=device, precision=precision, batch_size=batch_size)
+    # only a complete size the data declares (MSR-VTT's 1000, YouCook2's 3350) changes the
+    # denominators; otherwise each direction is scored over the queries it has
+    complete = dataset.store.info.get("complete_size") if hasattr(dataset, "store") else None
+    retrieval, skipped = score_retrieval(emb, mode=mode, groups=caption_groups(dataset), complete_size=complete)
+    inputs = {
+        **dataset_inputs(dataset),
+        "empty_modalities": mode,
+        "precision": precision,
+        "items_with": {m: int(flag.sum()) for m, flag in emb["nonempty"].items()},
+    }
+    entry: Dict[str, Any] = {"n_items": len(dataset)}
+    if complete:
+        entry["complete_size"] = complete
+    entry["inputs"] = inputs
+    entry["retrieval"] = retrieval
+    entry["skipped"] = {"directions": skipped}
+    if hasattr(dataset, "store") and hasattr(dataset, "modality_map"):
+        from multisk.evaluate.baselines import structure_preservation
+
+        # how much of each modality's frozen input-space neighbourhood the joint space keeps
+        entry["structure"] = structure_preservation(dataset, emb["joint"], emb["nonempty"])
+    return entry, emb
+
+
 def evaluate_model(
     model: torch.nn.Module,
     datasets: Mapping[str, Any],
@@ -93,24 +189,34 @@ def evaluate_model(
     precision: str = "fp32",
     batch_size: int = 128,
     keep_embeddings: bool = False,
+    empty_modalities: str = "auto",
 ) -> Dict[str, Any]:
-    """Evaluate every split: ``{split: {"retrieval": {direction: metrics}, "n_items": N, ...}}``."""
+    """Evaluate every split (SPEC §7).
+
+    Returns ``{split: entry}`` with, per split:
+
+    * ``n_items``; ``complete_size`` when the data declares one (R@k is divided by it);
+    * ``inputs``: what was fed and how it was scored — ``text_tokens``, ``video_tokens``,
+      ``audio_frames`` (the windows), ``crop``, ``window_from``, ``empty_modalities``
+      (``"masking_token"`` / ``"excluded"``), ``precision``, ``items_with`` (items having each modality);
+    * ``retrieval``: direction label -> metrics (:func:`multisk.evaluate.evaluate_directions`);
+    * ``skipped``: ``{"directions": {label: reason}}`` for every direction the split cannot score;
+    * ``structure``: modality -> ``{"knn_jaccard", "k", "n_items"}``, the mean 10-NN Jaccard between the
+      frozen input features and the joint embeddings (:func:`multisk.evaluate.baselines.structure_preservation`);
+    * ``embeddings`` (only with ``keep_embeddings``): the :func:`embed_dataset` output.
+
+    ``empty_modalities="auto"`` takes what each store records (masking token for the field's formats,
+    exclusion otherwise; :func:`multisk.evaluate.inputs.empty_modalities_mode`).
+    """
     results: Dict[str, Any] = {}
     for split, dataset in datasets.items():
-        emb = embed_dataset(model, dataset, device=device, precision=precision, batch_size=batch_size)
-        nonempty = nonempty_for_joint(emb["nonempty"], emb["joint"].keys())
-        # only a complete size the data declares (MSR-VTT's 1000, YouCook2's 3350) changes the
-        # denominators; otherwise each direction is scored over the queries it has
-        complete = dataset.store.info.get("complete_size")
-        retrieval = evaluate_directions(emb["joint"], nonempty, groups=caption_groups(dataset),
-                                        complete_size=complete)
-        entry: Dict[str, Any] = {"retrieval": retrieval, "n_items": len(dataset)}
-        if complete:
-            entry["complete_size"] = complete
+        entry, emb = evaluate_split(model, dataset, device=device, precision=precision, batch_size=batch_size,
+                                    empty_modalities=empty_modalities)
         if keep_embeddings:
             entry["embeddings"] = emb
         results[split] = entry
     return results
 
 
-__all__ = ["caption_groups", "embed_dataset", "evaluate_model", "nonempty_for_joint"]
+__all__ = ["caption_groups", "embed_dataset", "evaluate_model", "evaluate_split", "nonempty_for_joint",
+           "score_retrieval"]

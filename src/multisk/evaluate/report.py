@@ -164,23 +164,82 @@ def _split_heading(split: str, entry: Mapping[str, Any]) -> str:
     return f"{split} ({', '.join(details)})" if details else str(split)
 
 
-def _classification_line(classification: Mapping[str, Any]) -> str:
+def format_inputs_line(entry: Mapping[str, Any]) -> str:
+    """One line saying what a split's evaluation fed the model and how it scored empty modalities."""
+    inputs = entry.get("inputs")
+    if not isinstance(inputs, Mapping):
+        return ""
+    crop = inputs.get("crop") or {}
+    first = "first" if crop.get("video") == "start" else (f"{crop.get('video')} crop" if crop.get("video") else "")
+    window = (f"inputs: video {inputs.get('video_tokens')} tokens, audio {inputs.get('audio_frames')} frames, "
+              f"text {inputs.get('text_tokens')} tokens")
+    if first or inputs.get("window_from"):
+        window += f" ({', '.join(x for x in (first, inputs.get('window_from')) if x)})"
+    parts = [window, f"empty modalities: {inputs.get('empty_modalities')}", f"precision {inputs.get('precision')}"]
+    if isinstance(inputs.get("items_with"), Mapping):
+        parts.append("items with " + ", ".join(f"{m} {n}" for m, n in inputs["items_with"].items()))
+    return "; ".join(parts)
+
+
+def _classification_line(name: str, classification: Mapping[str, Any]) -> str:
     parts = [f"{key} {format_value(classification[key])}" for key in ("top1", "top5", "mean_per_class")
              if key in classification]
     classes = classification.get("n_classes", classification.get("classes"))
-    suffix = f" ({classes} classes)" if classes is not None else ""
-    return "zero-shot classification: " + ", ".join(parts) + suffix
+    details = ([f"{classes} classes"] if classes is not None else []) + (
+        [f"{classification['n_items']} items"] if "n_items" in classification else [])
+    suffix = f" ({', '.join(details)})" if details else ""
+    label = f"zero-shot classification ({name})" if name else "zero-shot classification"
+    return f"{label}: " + ", ".join(parts) + suffix
+
+
+def _classification_lines(entry: Mapping[str, Any]) -> List[str]:
+    """One line per classified input; a flat metrics dict (older results) is one unnamed line."""
+    classification = entry.get("classification")
+    if not isinstance(classification, Mapping) or not classification:
+        return []
+    if all(isinstance(v, Mapping) for v in classification.values()):
+        return [_classification_line(name, metrics) for name, metrics in classification.items()]
+    return [_classification_line("", classification)]
+
+
+def _structure_lines(entry: Mapping[str, Any]) -> List[str]:
+    """``structure preservation (10-NN Jaccard ...)`` line from an entry's ``structure`` block."""
+    structure = entry.get("structure")
+    if not isinstance(structure, Mapping) or not structure:
+        return []
+    parts = [f"{m} {float(v['knn_jaccard']):.3f} ({v.get('n_items', '?')} items)"
+             for m, v in structure.items() if isinstance(v, Mapping) and "knn_jaccard" in v]
+    k = next((v.get("k") for v in structure.values() if isinstance(v, Mapping)), 10)
+    return [f"structure preservation (mean {k}-NN Jaccard, frozen input features vs joint space; 1 = kept): "
+            + ", ".join(parts)] if parts else []
+
+
+def _skipped_lines(entry: Mapping[str, Any]) -> List[str]:
+    """``skipped ...: a, b (reason)`` lines, directions sharing a reason on one line."""
+    skipped = entry.get("skipped")
+    if not isinstance(skipped, Mapping):
+        return []
+    lines = []
+    for kind, label in (("directions", "skipped directions"), ("classification", "skipped classification")):
+        by_reason: Dict[str, List[str]] = {}
+        for name, reason in (skipped.get(kind) or {}).items():
+            by_reason.setdefault(str(reason), []).append(str(name))
+        lines += [f"{label}: {', '.join(names)} ({reason})" for reason, names in by_reason.items()]
+    return lines
 
 
 def format_results_table(results: Mapping[str, Any], columns: Optional[Sequence[str]] = None) -> str:
-    """Fixed-width report of evaluation results: per split a heading, the direction table and, when
-    present, the zero-shot classification line."""
+    """Fixed-width report of evaluation results: per split a heading, the inputs line, the direction
+    table, the zero-shot classification lines and what was skipped, with the reason."""
     blocks = []
     for split, table, entry in _split_entries(results):
         lines = [_split_heading(split, entry)]
+        if format_inputs_line(entry):
+            lines.append(format_inputs_line(entry))
         lines.append(format_text_table(table, columns) if table else "(no retrieval direction)")
-        if isinstance(entry.get("classification"), Mapping):
-            lines.append(_classification_line(entry["classification"]))
+        lines += _classification_lines(entry)
+        lines += _structure_lines(entry)
+        lines += _skipped_lines(entry)
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
@@ -191,9 +250,12 @@ def results_to_markdown(results: Mapping[str, Any], columns: Optional[Sequence[s
     blocks = []
     for split, table, entry in _split_entries(results):
         lines = [f"## {_split_heading(split, entry)}", ""]
+        if format_inputs_line(entry):
+            lines += [format_inputs_line(entry), ""]
         lines.append(format_markdown_table(table, columns) if table else "(no retrieval direction)")
-        if isinstance(entry.get("classification"), Mapping):
-            lines += ["", _classification_line(entry["classification"])]
+        extra = _classification_lines(entry) + _structure_lines(entry) + _skipped_lines(entry)
+        if extra:
+            lines += [""] + [f"- {line}" for line in extra]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
@@ -246,7 +308,7 @@ def comparison_table(
 
 
 __all__ = [
-    "COMPARISON_COLUMNS", "DEFAULT_COLUMNS", "comparison_table", "format_markdown_table",
+    "COMPARISON_COLUMNS", "DEFAULT_COLUMNS", "comparison_table", "format_inputs_line", "format_markdown_table",
     "format_results_table", "format_text_table", "format_value", "read_metrics_json",
     "results_to_markdown", "write_metrics_json",
 ]

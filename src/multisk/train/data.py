@@ -40,6 +40,8 @@ def build_train_dataset(cfg: Config) -> Dataset:
     """The training set of ``cfg.data`` (its ``collate_fn`` collates video as ``data.video_transfer_dtype``)."""
     if cfg.data.train_format == "store":
         dataset = store_dataset(cfg, cfg.data.root, cfg.data.train_split)
+        if cfg.data.corrupt_fraction > 0:
+            dataset.shuffle_captions(cfg.data.corrupt_fraction, seed=cfg.train.seed)
         dataset.video_dtype = cfg.data.video_transfer_dtype
         return dataset
     if cfg.data.train_format == "howto100m":
@@ -58,10 +60,14 @@ def build_train_dataset(cfg: Config) -> Dataset:
 
 
 def build_eval_datasets(cfg: Config) -> Dict[str, FeatureStoreDataset]:
-    """One dataset per ``cfg.data.eval_splits`` entry of the store at ``cfg.data.root``."""
+    """One dataset per ``cfg.data.eval_splits`` entry of the store at ``cfg.data.root``, fed exactly as
+    ``multisk eval`` feeds it: the evaluation window the store records (MSR-VTT / YouCook2: the first
+    48 / 3072 or 72 / 4608 steps), whatever the training lengths (:mod:`multisk.evaluate.inputs`)."""
     if not cfg.data.eval_splits:
         return {}
-    return {split: store_dataset(cfg, cfg.data.root, split) for split in cfg.data.eval_splits}
+    from multisk.evaluate.inputs import eval_store_dataset
+
+    return {split: eval_store_dataset(cfg, cfg.data.root, split) for split in cfg.data.eval_splits}
 
 
 def estimate_loader_memory(cfg: Config, world_size: int = 1, ranks_per_node: int | None = None) -> Dict[str, int]:
