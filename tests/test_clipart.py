@@ -23,8 +23,10 @@ from multisk.data.clipart import (  # noqa: E402
     ClipartSettings,
     ClipartSources,
     MissingMediaError,
+    index_openclipart,
     index_tuxpaint,
     openclipart_caption,
+    openclipart_pool,
     prepare_clipart,
     read_asterisk_transcripts,
     read_svg_metadata,
@@ -41,7 +43,7 @@ SVG_TEMPLATE = """<?xml version="1.0" encoding="UTF-8" standalone="no"?>
     <dc:subject><rdf:Bag>{keywords}</rdf:Bag></dc:subject>
     <dc:publisher><cc:Agent><dc:title>Open Clip Art Library</dc:title></cc:Agent></dc:publisher>
   </cc:Work></rdf:RDF></metadata>
-  <rect width="10" height="10"/>
+  <rect id="{name}" width="10" height="10"/>
 </svg>
 """
 
@@ -49,7 +51,7 @@ SVG_TEMPLATE = """<?xml version="1.0" encoding="UTF-8" standalone="no"?>
 def write_svg(path: Path, title: str, keywords) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     items = "".join(f"<rdf:li>{k}</rdf:li>" for k in keywords)
-    path.write_text(SVG_TEMPLATE.format(title=title, keywords=items), encoding="utf-8")
+    path.write_text(SVG_TEMPLATE.format(title=title, keywords=items, name=path.stem), encoding="utf-8")
 
 
 def write_png(path: Path, colour, transparent: bool = False) -> None:
@@ -89,6 +91,7 @@ def fake_sources(tmp_path) -> ClipartSources:
     clip = [
         ("animals/dogs/bored_dog_01", "Bored dog", ["mammal", "hash", "dog", "animal"], (200, 120, 40)),
         ("animals/cat_01", "Cat", ["mammal", "animal"], (90, 90, 90)),
+        ("pets/cat_01", "Cat", ["mammal", "animal"], (90, 90, 90)),  # a byte-identical copy: kept once
         ("food/apple_01", "Red apple", ["fruit", "food"], (220, 10, 10)),
         ("food/pear_01", "", ["fruit"], (180, 220, 40)),
         ("shapes/star_01", "gramastar", ["stars"], (250, 250, 0)),
@@ -162,7 +165,8 @@ def check_store(root: Path, summary: dict) -> dict:
 def test_prepare_clipart_on_fake_media(fake_sources, tmp_path, monkeypatch):
     root = tmp_path / "clipart"
     summary = prepare_clipart(root, settings=SMALL, sources=fake_sources, progress=False)
-    # OpenClipArt: 7 pictures, at most 2 per title ("gramastar" x3 -> 2): 6 in the pool, 2 test + 1 val + 3 train
+    # OpenClipArt: 8 pictures, one a copy of another, at most 2 per title ("gramastar" x3 -> 2): 6 in the
+    # pool, 2 test + 1 val + 3 train
     assert summary["splits"] == {
         "train": 3 + 3, "val": 1, "test_in_domain": 2, "test_out_of_domain": 4, "test_audio": 2
     }
@@ -178,6 +182,8 @@ def test_prepare_clipart_on_fake_media(fake_sources, tmp_path, monkeypatch):
     assert {item["source"] for item in stores["val"].items} == {"openclipart"}
     other = {item["file"] for split in ("train", "test_in_domain") for item in stores[split].items}
     assert len(val_files) == 1 and not val_files & other
+    clip_files = val_files | other
+    assert len(clip_files & {"animals/cat_01", "pets/cat_01"}) == 1  # the copy never sits on both sides
 
     tux = stores["test_out_of_domain"]
     by_file = {item["file"]: i for i, item in enumerate(tux.items)}
@@ -236,6 +242,16 @@ def test_prepare_clipart_on_fake_media(fake_sources, tmp_path, monkeypatch):
     after = FeatureStore(root, "test_out_of_domain")
     for i in range(4):  # batch composition may change the last bits only
         np.testing.assert_allclose(after.tokens("video", i), before[i], rtol=1e-2, atol=1e-2)
+
+
+def test_openclipart_pool_keeps_one_of_identical_pictures(fake_sources, tmp_path):
+    entries = index_openclipart(fake_sources, tmp_path / "cache")
+    assert len(entries) == 8
+    files = lambda pool: sorted(e["file"] for e in pool)  # noqa: E731
+    deduped = openclipart_pool(entries, SMALL)
+    assert len(deduped) == 6 and len(set(files(deduped)) & {"animals/cat_01", "pets/cat_01"}) == 1
+    copies = openclipart_pool(entries, ClipartSettings(dedupe=False))
+    assert len(copies) == 7 and {"animals/cat_01", "pets/cat_01"} <= set(files(copies))
 
 
 def test_prepare_clipart_bad_picture(fake_sources, tmp_path):

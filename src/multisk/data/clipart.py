@@ -66,7 +66,8 @@ DEBIAN_PACKAGES = (
     "asterisk-core-sounds-en-wav",
     "asterisk-core-sounds-en",
 )
-# 2: Tux Paint stamps that exist only as SVG joined test_out_of_domain; the "val" split was added
+# 2: Tux Paint stamps that exist only as SVG joined test_out_of_domain; the "val" split was added;
+#    byte-identical OpenClipArt copies are kept once (111 test_in_domain pictures had a copy in train)
 BENCHMARK_VERSION = 2
 SPLITS = ("train", "val", "test_in_domain", "test_out_of_domain", "test_audio")
 SPLIT_ROLES = {"train": "train", "val": "validation", "test_in_domain": "test",
@@ -116,6 +117,7 @@ class ClipartSettings:
     openclipart_val: int = 240  # held out of the training source for model selection (10 % of train)
     openclipart_test: int = 600
     max_per_title: int = 2  # OpenClipArt sets share one boilerplate title; keep at most this many per title
+    dedupe: bool = True  # keep one of byte-identical pictures (1,206 extra copies in the package)
     asterisk_test_fraction: float = 0.2
     image_size: int = 224
     grid: int = 2
@@ -192,15 +194,53 @@ def openclipart_caption(title: str, keywords: Sequence[str], stem: str) -> str:
     return f"{title} ({', '.join(extra)})" if extra else title
 
 
+def _content_sha1(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def _openclipart_entry(rel: Path, png: Path, svg: Path) -> Dict[str, Any]:
+    """One index entry: caption from the SVG's metadata, pixel count from the PNG header, and both
+    files' content hashes (the package ships 1,206 byte-identical copies of pictures in other folders)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(png) as image:  # reads the header only
+                width, height = image.size
+    except Image.DecompressionBombError:
+        width, height = 1 << 16, 1 << 16
+    except (OSError, ValueError, SyntaxError):
+        width, height = 0, 0  # unreadable: kept, so the encoder reports it (or skips it with skip_bad)
+    error = None
+    try:
+        title, keywords = read_svg_metadata(svg)
+    except DataFormatError as err:  # the picture is fine; caption from the file name instead
+        title, keywords, error = "", [], str(err)
+    return {
+        "file": rel.as_posix(),
+        "png": str(png),
+        "svg": str(svg),
+        "category": rel.parts[0] if len(rel.parts) > 1 else "",
+        "title": title,
+        "keywords": keywords,
+        "caption": openclipart_caption(title, keywords, rel.name),
+        "metadata_error": error,
+        "pixels": width * height,
+        "png_sha1": _content_sha1(png),
+        "svg_sha1": _content_sha1(svg),
+    }
+
+
 def index_openclipart(
     sources: ClipartSources, cache_dir: Path, sample: Optional[int] = None, seed: int = 0
 ) -> List[Dict[str, Any]]:
     """OpenClipArt pictures with a PNG and an SVG: ``{"file", "png", "svg", "category", "title",
-    "keywords", "caption", "metadata_error", "pixels"}``, sorted by file.
+    "keywords", "caption", "metadata_error", "pixels", "png_sha1", "svg_sha1"}``, sorted by file.
 
-    Reading 8k SVG metadata and PNG headers takes ~5 s, so the index is cached (keyed by every file's
-    size and mtime). ``sample`` (fast runs with ``limit``) indexes only that many pictures, drawn with
-    ``seed``.
+    Reading 8k SVG metadata, PNG headers and content hashes takes seconds, so the index is cached
+    (keyed by every file's size and mtime). ``sample`` (fast runs with ``limit``) indexes only that
+    many pictures, drawn with ``seed``.
     """
     pairs = []
     for png in sorted(sources.openclipart_png.rglob("*.png")):
@@ -215,43 +255,13 @@ def index_openclipart(
         st, pst = svg.stat(), png.stat()
         stats.append(f"{rel.as_posix()}|{st.st_size}|{st.st_mtime_ns}|{pst.st_size}|{pst.st_mtime_ns}")
     digest = hashlib.sha1("\n".join(stats).encode("utf-8")).hexdigest()[:16]
-    index_path = cache_dir / f"openclipart_index_{digest}.json"
+    index_path = cache_dir / f"openclipart_index_v2_{digest}.json"  # v2: with content hashes
     if index_path.is_file():
         try:
             return json.loads(index_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, OSError):
             pass
-    from PIL import Image
-
-    entries = []
-    for rel, png, svg in pairs:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(png) as image:  # reads the header only
-                    width, height = image.size
-        except Image.DecompressionBombError:
-            width, height = 1 << 16, 1 << 16
-        except (OSError, ValueError, SyntaxError):
-            width, height = 0, 0  # unreadable: kept, so the encoder reports it (or skips it with skip_bad)
-        error = None
-        try:
-            title, keywords = read_svg_metadata(svg)
-        except DataFormatError as err:  # the picture is fine; caption from the file name instead
-            title, keywords, error = "", [], str(err)
-        entries.append(
-            {
-                "file": rel.as_posix(),
-                "png": str(png),
-                "svg": str(svg),
-                "category": rel.parts[0] if len(rel.parts) > 1 else "",
-                "title": title,
-                "keywords": keywords,
-                "caption": openclipart_caption(title, keywords, rel.name),
-                "metadata_error": error,
-                "pixels": width * height,
-            }
-        )
+    entries = [_openclipart_entry(rel, png, svg) for rel, png, svg in pairs]
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = index_path.with_name(index_path.name + ".tmp")
     tmp.write_text(json.dumps(entries), encoding="utf-8")
@@ -261,19 +271,26 @@ def index_openclipart(
 
 def openclipart_pool(entries: Sequence[Dict[str, Any]], settings: ClipartSettings) -> List[Dict[str, Any]]:
     """The seeded order of the usable pictures: shuffled with ``seed``, pictures over
-    :data:`MAX_PICTURE_PIXELS` left out, at most ``max_per_title`` pictures per title
-    (case-insensitive; collections such as 1,375 "gramastar" stars share one title)."""
+    :data:`MAX_PICTURE_PIXELS` left out, a picture whose PNG or SVG is byte-identical to one already
+    kept left out (``dedupe``; otherwise copies land on both sides of the train / test boundary), and
+    at most ``max_per_title`` pictures per title (case-insensitive; collections such as 1,375
+    "gramastar" stars share one title)."""
     order = list(entries)
     random.Random(settings.seed).shuffle(order)
     per_title: Dict[str, int] = {}
+    kept_content: set = set()
     pool = []
     for entry in order:
         if entry["pixels"] > MAX_PICTURE_PIXELS:
+            continue
+        content = {entry["png_sha1"], entry["svg_sha1"]}
+        if settings.dedupe and content & kept_content:
             continue
         key = " ".join((entry["title"] or entry["caption"]).lower().split())
         if per_title.get(key, 0) >= settings.max_per_title:
             continue
         per_title[key] = per_title.get(key, 0) + 1
+        kept_content |= content
         pool.append(entry)
     return pool
 
@@ -283,7 +300,7 @@ def select_openclipart(
 ) -> Dict[str, List[Dict[str, Any]]]:
     """Seeded ``{"test", "val", "train"}`` subsample of :func:`openclipart_pool`, taken in that order:
     the first ``openclipart_test`` pictures, the next ``openclipart_val``, then up to
-    ``openclipart_train``. Test and validation come first so that a larger training set never moves
+    ``openclipart_train`` (fewer when the pool runs out: 2,053 at the defaults). Test and validation come first so that a larger training set never moves
     them. With ``limit`` the total is capped at ``limit``: 20 % test and 10 % validation (at least one
     each from 2 and 3 pictures on), the rest train."""
     pool = openclipart_pool(entries, settings)
