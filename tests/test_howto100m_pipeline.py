@@ -152,6 +152,36 @@ def test_convert_howto100m_runs_without_pandas(tmp_path, monkeypatch, capsys):
 
 
 # --------------------------------------------------------------------------------------------------
+# feature file names (SPEC §6): the reference's fallbacks, and absent files counted and reported
+
+
+def test_missing_files_are_counted_and_reported_not_silent(tmp_path):
+    fx = write_howto_fixture(tmp_path)  # vidB has no 3D file
+    (fx["audio"] / "cooking/vidA/vidA_spec.npz").unlink()
+    with pytest.warns(UserWarning, match=r"1 of 2 videos lack 3d .*vidB.*1 of 2 videos lack audio .*vidA"):
+        ds = HowTo100MDataset(fx["csv"], fx["features"], fx["audio"], fx["captions"], make_keyed_vectors())
+    assert ds.missing_files == {"2d": [], "3d": ["vidB"], "audio": ["vidA"], "captions": []}
+    assert ds[0][0]["audio"].shape == (0, 40)
+
+
+def test_reference_fallback_file_names_load_the_same_features(tmp_path):
+    fx = write_howto_fixture(tmp_path)
+    kv = make_keyed_vectors()
+    before = HowTo100MDataset(fx["csv"], fx["features"], fx["audio"], fx["captions"], kv, seed=2)[0]
+    video_dir = fx["features"] / "cooking" / "vidA"
+    (video_dir / "vidA_2d.npz").rename(fx["features"] / "cooking" / "vidA_2d.npz")  # {path}_2d.npz
+    (video_dir / "vidA_3d.npz").rename(video_dir / "vidA.npz")  # {path}/{id}.npz
+    ds = HowTo100MDataset(fx["csv"], fx["features"], fx["audio"], fx["captions"], kv, seed=2)
+    assert ds.missing_files["2d"] == [] and ds.missing_files["3d"] == ["vidB"]
+    after = ds[0]
+    for old, new in zip(before, after):
+        assert torch.equal(old["video"], new["video"]) and torch.equal(old["audio"], new["audio"])
+    strict = HowTo100MDataset(fx["csv"], fx["features"], fx["audio"], fx["captions"], kv, strict_files=True)
+    with pytest.raises(Exception, match=r"vidB_3d.npz: field 'features': file not found \(also tried .*vidB.npz\)"):
+        strict[1]
+
+
+# --------------------------------------------------------------------------------------------------
 # captions as arrays
 
 

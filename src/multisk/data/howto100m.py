@@ -12,12 +12,16 @@ Files::
 ``caption.pickle`` is a Python pickle: **loading a pickle executes code stored in it** — only load
 files from a source you trust.
 
-A *missing* feature file means that half / modality is absent for the video (documented, not an
-error): a missing 2D or 3D file leaves that half of every video token zero; missing audio gives an
-empty audio modality; a video without captions gives clips without text. A file that exists but is
-truncated, has the wrong key, shape or feature size, or contains NaN/inf raises
-:class:`DataFormatError` naming the file and the field. ``strict_files=True`` turns missing files into
-errors too.
+The reference's fallback names are tried too: ``{features_path}/{path}_2d.npz`` for 2D and
+``{features_path_3d}/{path}/{id}.npz`` for 3D (:data:`FEATURE_FILE_NAMES`).
+
+A *missing* feature file (no name found) means that half / modality is absent for the video: a missing
+2D or 3D file leaves that half of every video token zero; missing audio gives an empty audio modality;
+a video without captions gives clips without text. Such videos are counted when the dataset is built
+(:attr:`HowTo100MDataset.missing_files`) and reported in one warning with the counts and the first ids
+— never a silent empty modality. ``strict_files=True`` makes any missing file an error instead. A file
+that exists but is truncated, has the wrong key, shape or feature size, or contains NaN/inf raises
+:class:`DataFormatError` naming the file and the field.
 
 Clip sampling (the reference's rule, SPEC §5): draw ``start ~ U[0, max(0, duration - clip_seconds)]``
 with ``duration = int(seconds covered by the spectrogram)``, ``end = start + clip_seconds``. If ``start``
@@ -51,6 +55,7 @@ import csv as csv_module
 import math
 import os
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +73,15 @@ FPS_3D = 1.5
 SAMPLE_RATE = 16000
 HOP_LENGTH = 160  # 10 ms -> 100 frames / s
 N_FFT = 400  # 25 ms window
+
+# file names tried in order, relative to (features_path | features_path_3d | features_path_audio);
+# {path} is the CSV's relative path, {id} its last component. The second names are the reference's
+# fallbacks (SPEC §6).
+FEATURE_FILE_NAMES = {
+    "2d": ("{path}/{id}_2d.npz", "{path}_2d.npz"),
+    "3d": ("{path}/{id}_3d.npz", "{path}/{id}.npz"),
+    "audio": ("{path}/{id}_spec.npz",),
+}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -514,6 +528,9 @@ class HowTo100MDataset:
             long (module docstring; the paper's pre-training). ``audio_offset_quirk`` is its old name.
         lowercase: lower-case words before the vocabulary look-up (GloVe); default: True only for the
             packaged GloVe.
+        scan_files: check every video's files when built (``stat`` only) and warn with the counts of
+            absent ones (:attr:`missing_files`); False skips the scan (missing files are then only
+            noticed as empty modalities, or as errors with ``strict_files``).
         video_dtype: dtype of the collated ``video`` tensor (``torch.float16`` halves the batch that
             workers pass through shared memory and copy to the device; the L2-normalised halves lose
             at most ~2.4e-4 relative per token, docs/data.md). Items stay float32.
@@ -541,6 +558,7 @@ class HowTo100MDataset:
         seed: int = 0,
         video_dtype: Any = None,
         audio_offset_quirk: Optional[bool] = None,
+        scan_files: bool = True,
     ) -> None:
         from multisk.data.word_vectors import PACKAGED_GLOVE, load_word_vectors
 
@@ -575,6 +593,9 @@ class HowTo100MDataset:
         self.strict_files = bool(strict_files)
         self.seed = int(seed)
         self.epoch = 0
+        # counted once, reported in one warning (SPEC §6: never a silent empty modality)
+        self.missing_files: Dict[str, List[str]] = self.scan_missing_files() if scan_files else {}
+        self._report_missing()
 
     def __len__(self) -> int:
         return len(self.video_paths)
@@ -590,19 +611,53 @@ class HowTo100MDataset:
     def video_id(self, index: int) -> str:
         return self.video_paths[index].split("/")[-1]
 
-    def _optional_npz(self, path: Path, key: str, shape: Sequence[Optional[int]]) -> Optional[np.ndarray]:
-        if not path.is_file():
+    def feature_file(self, index: int, kind: str) -> Tuple[Optional[Path], List[Path]]:
+        """The first existing file of ``kind`` ("2d" / "3d" / "audio") for video ``index`` (None if none)
+        and every name tried (:data:`FEATURE_FILE_NAMES`)."""
+        root = {"2d": self.features_path, "3d": self.features_path_3d, "audio": self.audio_path}[kind]
+        rel, video_id = self.video_paths[index], self.video_id(index)
+        tried = [root / pattern.format(path=rel, id=video_id) for pattern in FEATURE_FILE_NAMES[kind]]
+        return next((path for path in tried if path.is_file()), None), tried
+
+    def _optional_npz(self, index: int, kind: str, key: str, shape: Sequence[Optional[int]]) -> Optional[np.ndarray]:
+        path, tried = self.feature_file(index, kind)
+        if path is None:
             if self.strict_files:
-                raise DataFormatError(f"{path}: field {key!r}: file not found")
+                also = f" (also tried {', '.join(map(str, tried[1:]))})" if len(tried) > 1 else ""
+                raise DataFormatError(f"{tried[0]}: field {key!r}: file not found{also}")
             return None
         return load_npz_array(path, key, shape)
+
+    def scan_missing_files(self) -> Dict[str, List[str]]:
+        """Video ids per absent input (``"2d"``, ``"3d"``, ``"audio"``, ``"captions"``): one ``stat`` per
+        file name, no file is read."""
+        missing: Dict[str, List[str]] = {"2d": [], "3d": [], "audio": [], "captions": []}
+        for index in range(len(self)):
+            for kind in ("2d", "3d", "audio"):
+                if self.feature_file(index, kind)[0] is None:
+                    missing[kind].append(self.video_id(index))
+            if not self.captions.present[index]:
+                missing["captions"].append(self.video_id(index))
+        return missing
+
+    def _report_missing(self) -> None:
+        absent = {kind: ids for kind, ids in self.missing_files.items() if ids}
+        if not absent:
+            return
+        if self.strict_files:
+            return  # reading such a video raises, naming the file
+        effect = {"2d": "2D half of their video tokens is zero", "3d": "3D half of their video tokens is zero",
+                  "audio": "no audio", "captions": "no text"}
+        parts = [f"{len(ids)} of {len(self)} videos lack {kind} ({effect[kind]}; first: {', '.join(ids[:3])})"
+                 for kind, ids in absent.items()]
+        warnings.warn(f"HowTo100M {self.csv}: " + "; ".join(parts), stacklevel=3)
 
     def load_video(self, index: int) -> VideoFeatures:
         """Read the feature files and captions of video ``index`` (missing files -> None)."""
         rel, video_id = self.video_paths[index], self.video_id(index)
-        f2d = self._optional_npz(self.features_path / rel / f"{video_id}_2d.npz", "features", (None, FEATURE_DIM_2D))
-        f3d = self._optional_npz(self.features_path_3d / rel / f"{video_id}_3d.npz", "features", (None, FEATURE_DIM_3D))
-        spec = self._optional_npz(self.audio_path / rel / f"{video_id}_spec.npz", "arr_0", (N_MELS, None))
+        f2d = self._optional_npz(index, "2d", "features", (None, FEATURE_DIM_2D))
+        f3d = self._optional_npz(index, "3d", "features", (None, FEATURE_DIM_3D))
+        spec = self._optional_npz(index, "audio", "arr_0", (N_MELS, None))
         segments = self.captions.segments(index)
         if segments is None and self.strict_files:
             raise DataFormatError(f"{self.caption_path}: field {video_id!r}: no captions for this video")
