@@ -57,6 +57,7 @@ from multisk.data.encoding import (
     write_split,
 )
 from multisk.data.folder import read_sidecar_caption
+from multisk.data.image_features import PictureEncoder
 from multisk.errors import DataFormatError
 
 DEBIAN_PACKAGES = (
@@ -501,8 +502,6 @@ def encode_clipart(
     """Encode every entry's picture (Lite0), audio (log-mel) and caption (GloVe, MiniLM) through the
     cache into ``entry["tokens"]``; returns the index without entries that have a bad file, and the
     seconds per stage."""
-    from multisk.data.image_features import PictureEncoder
-
     timings: Dict[str, float] = {}
     t0 = time.perf_counter()
     encoder = PictureEncoder(image_size=settings.image_size, grid=settings.grid, batch_size=settings.batch_size)
@@ -566,8 +565,6 @@ def clipart_split_items(index: ClipartIndex, seed: int) -> Dict[str, List[Dict[s
 
 def _description(settings: ClipartSettings, limit: Optional[int]) -> Dict[str, Any]:
     """What the manifest records for every split: benchmark version, seed, sizes, encoders."""
-    from multisk.data.image_features import PictureEncoder
-
     encoder = PictureEncoder(image_size=settings.image_size, grid=settings.grid)
     return {
         "benchmark": "clipart",

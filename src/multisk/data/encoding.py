@@ -29,7 +29,11 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from multisk.data.audio_features import audio_file_features, log_mel_spectrogram
 from multisk.data.feature_store import FeatureStoreWriter
+from multisk.data.image_features import load_picture, picture_reader, square_on_white
+from multisk.data.text import encode_text
+from multisk.data.word_vectors import load_word_vectors
 from multisk.errors import DataFormatError
 
 STORE_MODALITIES: Dict[str, int] = {"video": 1280, "text": 50, "text_minilm": 384, "audio": 40}
@@ -105,11 +109,7 @@ class CaptionEncoder:
     def glove_tokens(self, caption: str) -> np.ndarray:
         """(T, 50) float32, T <= 20: GloVe vectors of the first in-vocabulary words (lower-cased)."""
         if self._glove is None:
-            from multisk.data.word_vectors import load_word_vectors
-
             self._glove = load_word_vectors(GLOVE_NAME)
-        from multisk.data.text import encode_text
-
         return encode_text(self._glove, caption, max_words=MAX_TEXT_WORDS, lowercase=True)
 
     @staticmethod
@@ -172,8 +172,6 @@ def encode_pictures_cached(
     so an interrupted run loses at most one chunk. SVG files are rasterised first (their cache key
     names the rasteriser, see :func:`multisk.data.image_features.picture_reader`).
     """
-    from multisk.data.image_features import load_picture, picture_reader
-
     results: List[Optional[np.ndarray]] = [None] * len(paths)
     todo: List[Tuple[int, Dict[str, Any]]] = []
     for i, path in enumerate(paths):
@@ -224,8 +222,6 @@ def encode_audio_cached(
 
     An item whose list is empty (or whose file is bad and skipped) gets None.
     """
-    from multisk.data.audio_features import audio_file_features
-
     results: List[Optional[np.ndarray]] = [None] * len(path_lists)
     for i in progress_bar(range(len(path_lists)), len(path_lists), desc, progress):
         parts: List[np.ndarray] = []
@@ -266,9 +262,7 @@ def decode_video(path: Path, image_size: int, fps: float = 1.0) -> Tuple[List[np
     Raises:
         DataFormatError: unreadable / corrupt file or no video frame (names the file).
     """
-    import av
-
-    from multisk.data.image_features import square_on_white
+    import av  # PyAV: an optional dependency, needed for videos only
 
     frames: List[np.ndarray] = []
     audio_chunks: List[np.ndarray] = []
@@ -307,8 +301,6 @@ def encode_video_cached(
 ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """(seconds, 1280) per-second Lite0 global-mean tokens and (F, 40) log-mel frames of the audio
     track (None without one) of a video file, cached."""
-    from multisk.data.audio_features import log_mel_spectrogram
-
     key = {**file_identity(path), **encoder.describe(), "video_fps": 1.0}
     tokens = cache.get("video_frames", key) if cache else None
     audio = cache.get("video_audio", key) if cache else None

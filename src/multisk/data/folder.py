@@ -41,7 +41,7 @@ from multisk.data.encoding import (  # noqa: F401
     progress_bar,
     write_split,
 )
-from multisk.data.image_features import SVG_EXTENSIONS
+from multisk.data.image_features import SVG_EXTENSIONS, PictureEncoder
 from multisk.errors import DataFormatError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"} | SVG_EXTENSIONS
@@ -288,8 +288,6 @@ def prepare_folder(
         FileNotFoundError: ``path`` is not a folder.
         DataFormatError: a bad file (unless ``skip_bad``), a bad CSV, ambiguous names, or no media found.
     """
-    from multisk.data.image_features import PictureEncoder
-
     started = time.perf_counter()
     folder = Path(path)
     if not folder.is_dir():

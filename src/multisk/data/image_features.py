@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from multisk.data.lite0 import fold_batchnorm, images_to_tensor, load_lite0
 from multisk.errors import DataFormatError
 
 DEFAULT_IMAGE_SIZE = 224
@@ -44,8 +45,6 @@ def shared_lite0():
     """The packaged Lite0 with batch norms folded (eval mode), loaded once per process."""
     global _SHARED_MODEL
     if _SHARED_MODEL is None:
-        from multisk.data.lite0 import fold_batchnorm, load_lite0
-
         _SHARED_MODEL = fold_batchnorm(load_lite0())
     return _SHARED_MODEL
 
@@ -190,8 +189,6 @@ class PictureEncoder:
     def encode_arrays(self, pictures: Sequence[np.ndarray], grid: Optional[int] = None) -> np.ndarray:
         """(N, S, S, 3) uint8 pictures (already squared and resized) -> (N, T, 1280) float32 tokens,
         T = 1 + grid^2 (``grid`` defaults to the encoder's)."""
-        from multisk.data.lite0 import images_to_tensor
-
         grid = self.grid if grid is None else grid
         out: List[np.ndarray] = []
         previous_threads = torch.get_num_threads()
