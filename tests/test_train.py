@@ -34,10 +34,36 @@ def store(tmp_path_factory):
     return write_synthetic_store(tmp_path_factory.mktemp("store"))
 
 
-def test_train_end_to_end_writes_logs_checkpoints_results_and_plots(store, tmp_path):
+def test_train_end_to_end_writes_logs_checkpoints_results_and_plots(store, tmp_path, monkeypatch, capsys):
+    from multisk.cli import main
+    from multisk.train import step as step_module
+    from multisk.train.data import build_train_dataset, collate_fn_for
+
+    fed = []
+    real_call = step_module.TrainStep.__call__
+
+    def recording_call(self, batch):
+        fed.append(batch)
+        return real_call(self, batch)
+
+    monkeypatch.setattr(step_module.TrainStep, "__call__", recording_call)
     cfg = load_config(CONFIG, tiny_overrides(store, tmp_path / "run"))
     results = train(cfg, progress=False)
     run = tmp_path / "run"
+    # the first batch is the dataset's items at the documented order for the seed: randperm(n, seed*100003 + 0)
+    dataset = build_train_dataset(cfg)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.train.seed * 100_003)).tolist()
+    expected = collate_fn_for(dataset)([dataset[i] for i in order[:cfg.train.batch_size]])
+    assert fed[0]["id"] == expected["id"] and len(fed) == 12
+    for key, value in expected.items():
+        if torch.is_tensor(value):
+            assert torch.equal(fed[0][key], value), key
+    # results.json is what `multisk eval` computes on the final checkpoint
+    assert main(["eval", "--checkpoint", str(run / "checkpoints" / "latest.pt"), "--data", str(store),
+                 "--split", "test", "--out", str(tmp_path / "eval")]) == 0
+    evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())["test"]
+    trained = json.loads((run / "results.json").read_text())["evaluation"]["test"]
+    assert evaluated["retrieval"] == trained["retrieval"] and evaluated["inputs"] == trained["inputs"]
     assert results["steps"] == 2 * (48 // 8)
     losses = _losses(run)
     assert sorted(losses) == list(range(1, 13)) and all(torch.isfinite(torch.tensor(list(losses.values()))))

@@ -345,8 +345,8 @@ def _note_skipped(run: Run, out: StepOutput, batch: Dict[str, Any]) -> None:
     bad = [k for k, v in values.items() if not math.isfinite(v)]
     ids = batch.get("id", [])
     tqdm.write(f"warning: non-finite loss at step {state.global_step + 1} (epoch {state.epoch}, batch "
-               f"{state.batch_in_epoch}): terms {bad}; batch ids {ids[:8]}{' ...' if len(ids) > 8 else ''}; "
-               f"skipping this batch")
+               f"{state.batch_in_epoch}): {len(bad)} terms {bad[:4]}{' ...' if len(bad) > 4 else ''}; batch ids "
+               f"{ids[:8]}{' ...' if len(ids) > 8 else ''}; skipping this batch")
     state.skipped_batches += 1
     state.batch_in_epoch += 1
 
