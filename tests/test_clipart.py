@@ -28,6 +28,7 @@ from multisk.data.clipart import (  # noqa: E402
     openclipart_caption,
     openclipart_pool,
     prepare_clipart,
+    prepared_version,
     read_asterisk_transcripts,
     read_svg_metadata,
 )
@@ -215,6 +216,15 @@ def test_prepare_clipart_on_fake_media(fake_sources, tmp_path, monkeypatch):
     assert set(clip_captions) <= expected | {"gramastar (stars)"}  # "hash" dropped; empty title -> file name
     assert clip_captions.count("gramastar (stars)") <= 2
     assert {item["category"] for item in stores["train"].items if item["source"] == "asterisk"} <= {"prompt", "digits"}
+
+    # the demo rebuilds a store of an older benchmark version, and leaves other stores alone
+    assert prepared_version(root) == 2 and prepared_version(tmp_path / "nothing") is None
+    old_manifest = (root / "manifest.json").read_text(encoding="utf-8")
+    (root / "manifest.json").write_text(old_manifest.replace('"benchmark_version": 2', '"benchmark_version": 1'))
+    assert prepared_version(root) == 1
+    (root / "manifest.json").write_text(old_manifest.replace('"benchmark": "clipart"', '"benchmark": "other"'))
+    assert prepared_version(root) is None
+    (root / "manifest.json").write_text(old_manifest, encoding="utf-8")
 
     # deterministic and cached: a second run writes byte-identical files and re-encodes nothing
     files = {s: read_manifest(root)["splits"][s]["files"] for s in SPLITS}

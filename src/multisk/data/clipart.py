@@ -420,6 +420,21 @@ def split_asterisk(
     return order[n_test:], order[:n_test]
 
 
+def prepared_version(root: str | Path) -> Optional[int]:
+    """The ``benchmark_version`` of the clipart store at ``root`` (0 for a clipart store from before
+    versions were compared), or None when ``root`` holds no store or a store of another kind."""
+    path = Path(root) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        splits = json.loads(path.read_text(encoding="utf-8")).get("splits", {})
+    except (json.JSONDecodeError, OSError, AttributeError):
+        return None
+    versions = {entry.get("benchmark_version", 0) for entry in splits.values()
+                if isinstance(entry, dict) and entry.get("benchmark") == "clipart"}
+    return min(versions) if versions else None
+
+
 class _BadFiles:
     """Unreadable inputs: ``record(path, error)`` raises the error unless ``skip_bad``, else lists the
     file (every item using it is then left out)."""
@@ -671,6 +686,7 @@ __all__ = [
     "index_openclipart",
     "index_tuxpaint",
     "openclipart_pool",
+    "prepared_version",
     "select_openclipart",
     "write_clipart",
     "openclipart_caption",
