@@ -58,6 +58,16 @@ def run_search(args: argparse.Namespace) -> int:
     from multisk.train.distributed import pick_device
 
     index = load_index(args.index)
+    spec = index["meta"].get("text_encoder")
+    if spec and spec.get("kind", "word_vectors") == "word_vectors":
+        import sys
+
+        from multisk.evaluate.text_queries import describe, query_words
+
+        words = query_words(spec, args.query, word_vectors=args.word_vectors)
+        if words is not None and words[0]:  # say what the query was matched on (stderr: stdout stays the hits)
+            unknown = f"; not in the vocabulary: {' '.join(words[1])}" if words[1] else ""
+            print(f"query words used ({describe(spec)}): {' '.join(words[0])}{unknown}", file=sys.stderr)
     hits = search_index(index, args.query, target=args.target, top=args.top, device=pick_device(args.device),
                         checkpoint=args.checkpoint, word_vectors=args.word_vectors)
     for rank, hit in enumerate(hits, 1):

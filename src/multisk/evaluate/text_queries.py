@@ -80,6 +80,21 @@ def query_tokens(spec: Mapping[str, Any], texts: Sequence[str], *, word_vectors:
                         lowercase=bool(spec.get("lowercase", False))) for text in texts]
 
 
+def query_words(spec: Mapping[str, Any], text: str, *, word_vectors: Optional[str] = None) -> Optional[Tuple[List[str], List[str]]]:
+    """``(words used, words not in the vocabulary)`` of a text for a word-vector encoder (None for MiniLM,
+    which has no out-of-vocabulary words), so a user sees what a query was matched on."""
+    if spec.get("kind") == "minilm":
+        return None
+    from multisk.data.text import tokenize
+
+    kv = _word_vectors(spec, word_vectors)
+    used, unknown = [], []
+    for word in tokenize(text.replace("_", " ")):
+        key = word.lower() if spec.get("lowercase") else word
+        (used if key in kv.key_to_index and len(used) < int(spec.get("max_words", 20)) else unknown).append(word)
+    return used, unknown
+
+
 @torch.no_grad()
 def embed_texts(model, texts: Sequence[str], spec: Mapping[str, Any], *, device, word_vectors: Optional[str] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -117,4 +132,4 @@ def embed_texts(model, texts: Sequence[str], spec: Mapping[str, Any], *, device,
     return out, torch.tensor([r.shape[0] > 0 for r in rows])
 
 
-__all__ = ["MINILM_NAME", "describe", "embed_texts", "query_encoder_spec", "query_tokens"]
+__all__ = ["MINILM_NAME", "describe", "embed_texts", "query_encoder_spec", "query_tokens", "query_words"]
