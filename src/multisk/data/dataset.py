@@ -145,8 +145,8 @@ def collate_batch(
 
     Returns:
         ``text`` (B, Lt, Dt), ``text_mask`` (B, Lt), ``video`` (B, Lv, Dv), ``video_mask`` (B, Lv),
-        ``audio`` (B, n_mels, F), ``audio_mask`` (B, F) — float32 unless ``dtypes`` says otherwise, masks 0/1 with ``mask[b, j] = 1`` iff
-        ``j < len_b`` — plus ``index`` (B,) int64 and ``id`` list[str]. Padding positions are 0.
+        ``audio`` (B, n_mels, F), ``audio_mask`` (B, F) — values float32 unless ``dtypes`` says otherwise,
+        masks float32 0/1 with ``mask[b, j] = 1`` iff ``j < len_b`` — plus ``index`` (B,) int64 and ``id`` list[str]. Padding positions are 0.
 
     Raises:
         ValueError: empty batch, inconsistent feature dims, or an item longer than ``pad_to``.

@@ -396,7 +396,8 @@ class PackedStrings:
     def __init__(self, data: np.ndarray, offsets: np.ndarray) -> None:
         self.data = np.asarray(data, dtype=np.uint8)
         self.offsets = np.asarray(offsets, dtype=np.int64)
-        if self.offsets.ndim != 1 or len(self.offsets) < 1 or self.offsets[0] != 0 or self.offsets[-1] != len(self.data):
+        offsets = self.offsets
+        if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(self.data):
             raise ValueError("PackedStrings: offsets must start at 0 and end at len(data)")
 
     @classmethod
@@ -740,7 +741,8 @@ def collate_video_clips(
 
 
 __all__ = [
-    "CaptionSegments", "CaptionTable", "ClipSpan", "PackedStrings", "HowTo100MDataset", "VideoFeatures", "check_array", "check_segments",
+    "CaptionSegments", "CaptionTable", "ClipSpan", "FEATURE_FILE_NAMES", "HowTo100MDataset", "PackedStrings",
+    "VideoFeatures", "check_array", "check_segments",
     "collate_video_clips", "combine_video_features", "feature_slice", "frames_to_seconds", "grow_segment",
     "l2_normalize_rows", "load_howto_captions", "load_npz_array", "nearest_resample", "read_pickle",
     "read_video_csv", "sample_clip", "seconds_to_frame",
