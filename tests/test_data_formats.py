@@ -296,6 +296,19 @@ def test_msrvtt_test_pickle_windows_and_complete_size(tmp_path):
     assert [i["id"] for i in load_msrvtt(train, all_captions=False).items] == ["v9#0"]
 
 
+def test_msrvtt_empty_2d_or_3d_empties_the_whole_video(tmp_path):
+    """The reference's `clip` strategy masks every video token when either half has no time step; a
+    (40, 0) spectrogram is an empty audio. The items stay (evaluation scores them via the masking token)."""
+    from multisk.data.eval_pickles import load_msrvtt
+
+    rng = np.random.default_rng(7)
+    records = [msrvtt_record(rng, "v0", "a man", t2d=0), msrvtt_record(rng, "v1", "a man", t3d=0),
+               msrvtt_record(rng, "v2", "a man", frames=0), msrvtt_record(rng, "v3", "a man")]
+    items = load_msrvtt(write_pickle(tmp_path / "msrvtt_jsfusion_test.pkl", records)).items
+    assert [i["video"].shape for i in items] == [(0, 4096), (0, 4096), (30, 4096), (30, 4096)]
+    assert [i["audio"].shape[0] for i in items] == [2000, 2000, 0, 2000]
+
+
 def test_youcook2_skips_items_without_2d_full_and_counts_them(tmp_path):
     from multisk.data.eval_pickles import load_youcook2
 
@@ -322,6 +335,10 @@ def test_convert_msrvtt_writes_a_feature_store_readable_by_the_dataset(tmp_path)
     assert info["count"] == 2 and info["complete_size"] == 1000
     assert info["max_tokens"] == {"text": 20, "video": 48, "audio": 3072}
     assert info["modalities"]["text"]["items_present"] == 1  # no in-vocabulary word in item 1
+    # the evaluation protocol and the text encoder are recorded for `multisk eval` / `multisk search`
+    assert info["eval_window"] == {"text": 20, "video": 48, "audio": 3072, "crop": "start"}
+    assert info["empty_modalities"] == "masking_token"
+    assert info["text_encoder"]["name"] == str(vectors.resolve()) and info["text_encoder"]["lowercase"] is False
     ds = FeatureStoreDataset(tmp_path / "store", "test", max_tokens={"text": 20, "video": 48, "audio": 3072})
     assert ds.captions == ["a man is cooking pasta", "zzz unknown words"] and ds.complete_size == 1000
     item = ds[0]

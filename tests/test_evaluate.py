@@ -240,3 +240,69 @@ def test_results_report_per_split():
     assert "## test_out_of_domain (3 items)" in markdown
     with pytest.raises(ValueError, match="results"):
         format_results_table({})
+
+
+# ----------------------------------------------------------------------------------------------
+# what a split allows: empty modalities through the masking token or excluded, skipped directions
+
+
+def split_embeddings(rng, n=6, video_missing=(2,), audio_present=False, with_audio=True):
+    names = ("text", "video", "audio") if with_audio else ("text", "video")
+    joint = {m: torch.tensor(unit(rng.normal(size=(n, 8)))) for m in names}
+    nonempty = {"text": torch.ones(n, dtype=torch.bool), "video": torch.ones(n, dtype=torch.bool)}
+    nonempty["video"][list(video_missing)] = False
+    if with_audio:
+        nonempty["audio"] = torch.full((n,), audio_present)
+    return {"joint": joint, "nonempty": nonempty}
+
+
+def test_score_retrieval_masking_token_scores_every_item_and_skips_absent_modalities():
+    from multisk.evaluate.pipeline import score_retrieval
+
+    emb = split_embeddings(np.random.default_rng(11))
+    retrieval, skipped = score_retrieval(emb, mode="masking_token")
+    assert set(retrieval) == {"t2v", "v2t"}  # no item has audio: nothing with audio can be retrieved
+    sims = emb["joint"]["text"] @ emb["joint"]["video"].T  # every item, the empty video's embedding included
+    assert retrieval["t2v"] == pytest.approx(retrieval_metrics(sims))
+    assert retrieval["v2t"] == pytest.approx(retrieval_metrics(sims.T))
+    assert skipped["t2a"] == skipped["t2v+a"] == skipped["a2v"] == "no item of this split has audio"
+    assert not any(label in skipped for label in ("t2va", "va2t"))  # no model-fused pairs: not listed
+    assert set(retrieval) | set(skipped) == set(SINGLE + LATE)
+
+
+def test_score_retrieval_excluded_leaves_items_without_the_modality_out():
+    from multisk.evaluate.pipeline import score_retrieval
+
+    emb = split_embeddings(np.random.default_rng(12), video_missing=(2, 4))
+    retrieval, _ = score_retrieval(emb, mode="excluded")
+    keep = [0, 1, 3, 5]
+    sims = emb["joint"]["text"][keep] @ emb["joint"]["video"][keep].T
+    assert retrieval["t2v"] == pytest.approx(retrieval_metrics(sims))
+    # a model without an audio branch: those directions are skipped for that reason
+    _, skipped = score_retrieval(split_embeddings(np.random.default_rng(13), with_audio=False), mode="excluded")
+    assert skipped["t2a"] == "the model has no audio branch"
+
+
+def test_results_report_shows_inputs_classification_per_input_and_skips():
+    entry = {
+        "n_items": 968, "complete_size": 1000,
+        "inputs": {"text_tokens": 20, "video_tokens": 48, "audio_frames": 3072,
+                   "crop": {"video": "start", "audio": "start", "text": "start"},
+                   "window_from": "recorded in the store at conversion", "empty_modalities": "masking_token",
+                   "precision": "fp32", "items_with": {"text": 965, "video": 967, "audio": 965}},
+        "retrieval": example_table(),
+        "classification": {"audio": {"top1": 40.0, "top5": 75.5, "mean_per_class": 38.25, "n_items": 10,
+                                     "classes": 15}},
+        "skipped": {"directions": {"t2v": "no item of this split has video", "v2t": "no item of this split has video"},
+                    "classification": {"video": "no item with a category has video"}},
+    }
+    text = format_results_table({"msrvtt": entry}).splitlines()
+    assert text[1] == ("inputs: video 48 tokens, audio 3072 frames, text 20 tokens (first, recorded in the store at "
+                       "conversion); empty modalities: masking_token; precision fp32; items with text 965, video 967, "
+                       "audio 965")
+    assert "zero-shot classification (audio): top1 40.00, top5 75.50, mean_per_class 38.25 (15 classes, 10 items)" in text
+    assert "skipped directions: t2v, v2t (no item of this split has video)" in text
+    assert "skipped classification: video (no item with a category has video)" in text
+    markdown = results_to_markdown({"msrvtt": entry})
+    assert "- skipped directions: t2v, v2t (no item of this split has video)" in markdown
+    assert "empty modalities: masking_token" in markdown
