@@ -138,3 +138,25 @@ def test_baseline_command(tmp_path, capsys):
     saved = json.loads((tmp_path / "out" / "baselines.json").read_text())
     assert set(saved["runs"]) == {"random", "linear_probe"}
     assert saved["runs"]["linear_probe"]["test"]["t2v"]["n_queries"] > 0
+
+
+def test_probe_fitted_on_one_store_scores_another(tmp_path, capsys):
+    from multisk.cli import main
+
+    fit_on = write_synthetic_store(tmp_path / "a", n_train=80, n_test=10, seed=0)
+    other = tmp_path / "b"
+    source = FeatureStore(write_synthetic_store(tmp_path / "b_full", n_train=8, n_test=30, seed=0), "test")
+    # a store with only an evaluation split, like `multisk data prepare folder` makes
+    with FeatureStoreWriter(other, "mine", source.modalities) as w:
+        for i, item in enumerate(source.items):
+            w.add(item["id"], {m: source.tokens(m, i) if source.has(m, i) else None for m in source.modalities},
+                  caption=item["caption"])
+    alone = compute_baselines(other, ["mine"], baselines=("linear_probe",))
+    assert "linear_probe" in alone["skipped"] and "--train-data" in alone["skipped"]["linear_probe"]
+    result = compute_baselines(other, ["mine"], baselines=("linear_probe",), train_root=fit_on)
+    train_paired = int(np.sum(pooled_features(FeatureStore(fit_on, "train"), "video")[1]
+                              & pooled_features(FeatureStore(fit_on, "train"), "text")[1]))
+    assert result["details"]["linear_probe"]["video"]["n_train"] == train_paired
+    assert result["runs"]["linear_probe"]["mine"]["t2v"]["n_queries"] > 0
+    assert main(["baseline", "--data", str(other), "--train-data", str(fit_on), "--baselines", "linear_probe"]) == 0
+    assert "mine" in capsys.readouterr().out

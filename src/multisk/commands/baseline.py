@@ -18,6 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="feature-store root (e.g. data/clipart)")
     p.add_argument("--split", action="append", default=None,
                    help="evaluation split (repeatable; default: every split except the train and val splits)")
+    p.add_argument("--train-data", default=None,
+                   help="store whose training split the linear probe is fitted on (default: --data); e.g. "
+                        "data/clipart to score the benchmark's probe on your own collection")
     p.add_argument("--train-split", default="train", help="split the linear probe is fitted on")
     p.add_argument("--val-split", default="val",
                    help="split that chooses the ridge penalty if the store has it (else 10%% of the training split)")
@@ -34,14 +37,16 @@ def run(args: argparse.Namespace) -> int:
     from multisk.evaluate.report import comparison_table
 
     manifest = read_manifest(args.data)
-    splits = args.split or [s for s in manifest["splits"] if s not in (args.train_split, args.val_split)]
+    own_training = args.train_data is None or Path(args.train_data).resolve() == Path(args.data).resolve()
+    held_out = (args.train_split, args.val_split) if own_training else ()
+    splits = args.split or [s for s in manifest["splits"] if s not in held_out]
     if not splits:
         from multisk.errors import DataFormatError
 
         raise DataFormatError(f"{args.data}: no evaluation split besides {args.train_split!r}/{args.val_split!r}")
     names = [b.strip() for b in args.baselines.split(",") if b.strip()]
     result = compute_baselines(args.data, splits, train_split=args.train_split, val_split=args.val_split,
-                               baselines=names, seed=args.seed)
+                               baselines=names, seed=args.seed, train_root=args.train_data)
     for name, reason in result["skipped"].items():
         print(f"[baseline] {name}: not computed: {reason}")
     for modality, detail in result["details"].get("linear_probe", {}).items():

@@ -370,6 +370,7 @@ def compute_baselines(
     val_split: Optional[str] = "val",
     baselines: Sequence[str] = BASELINES,
     seed: int = 0,
+    train_root: Optional[str | Path] = None,
 ) -> Dict[str, Any]:
     """Every baseline the store's features allow, on every split of ``splits``.
 
@@ -380,6 +381,8 @@ def compute_baselines(
         val_split: split that chooses the ridge penalty, if the store has it; otherwise a seeded 10 % of
             ``train_split`` (see the module docstring). It must not be one of ``splits``.
         baselines: subset of :data:`BASELINES`.
+        train_root: store holding ``train_split`` / ``val_split`` (default ``root``): fit the probe on
+            one store (e.g. the benchmark's training split) and score it on another (your own pictures).
 
     Returns:
         ``{"runs": {baseline: {split: {direction: metrics}}}, "details": {...}, "skipped": {baseline:
@@ -395,7 +398,10 @@ def compute_baselines(
     missing = [s for s in splits if s not in available]
     if missing:
         raise FeatureStoreError(f"{Path(root) / 'manifest.json'}: no split {missing} (have: {', '.join(sorted(available))})")
-    if val_split is not None and val_split in splits:
+    train_root = Path(root) if train_root is None else Path(train_root)
+    same_store = train_root.resolve() == Path(root).resolve()
+    train_available = read_manifest(train_root)["splits"] if not same_store else available
+    if same_store and val_split is not None and val_split in splits:
         raise ValueError(f"val_split {val_split!r} is also an evaluation split; the ridge penalty must not be "
                          "chosen on data it is scored on")
     runs: Dict[str, Dict[str, Any]] = {b: {} for b in baselines}
@@ -404,14 +410,16 @@ def compute_baselines(
 
     probes: Dict[str, Dict[str, Any]] = {}
     if "linear_probe" in baselines:
-        if train_split in available:
-            val = FeatureStore(root, val_split) if val_split is not None and val_split in available else None
-            probes = fit_linear_probes(FeatureStore(root, train_split), val, seed=seed)
+        if train_split in train_available:
+            val = (FeatureStore(train_root, val_split)
+                   if val_split is not None and val_split in train_available else None)
+            probes = fit_linear_probes(FeatureStore(train_root, train_split), val, seed=seed)
             details["linear_probe"] = {m: {k: v for k, v in p.items() if k != "ridge"} for m, p in probes.items()}
             if not probes:
                 skipped["linear_probe"] = f"split {train_split!r} has no pictures or sounds paired with text"
         else:
-            skipped["linear_probe"] = f"the store has no training split {train_split!r} to fit it on"
+            skipped["linear_probe"] = (f"{train_root} has no training split {train_split!r} to fit it on "
+                                       "(fit it on another store's training split: --train-data)")
 
     class_embeddings = None
     if "classname_bridge" in baselines:
