@@ -89,6 +89,25 @@ def test_eval_masking_token_mode_makes_every_item_a_query(trained, tmp_path):
     assert all(m["n_queries"] == 24 for m in test["retrieval"].values())
 
 
+def test_eval_survives_a_moved_word_vector_file(trained, tmp_path):
+    """Class names need the store's word vectors; when the file has moved, retrieval is still scored and
+    classification is skipped with a reason naming the file and the option that passes it."""
+    store, ckpt = trained
+    vectors, moved = store / "vectors.txt", tmp_path / "vectors-moved.txt"
+    args = ["eval", "--checkpoint", str(ckpt), "--data", str(store), "--split", "test", "--out", str(tmp_path)]
+    vectors.rename(moved)
+    try:
+        assert main(args) == 0
+        test = json.loads((tmp_path / "results.json").read_text())["test"]
+        assert "t2v" in test["retrieval"] and "classification" not in test
+        reason = test["skipped"]["classification"]["all"]
+        assert "vectors.txt: word-vector file not found" in reason and "--word-vectors" in reason
+        assert main(args + ["--word-vectors", str(moved)]) == 0
+        assert "video" in json.loads((tmp_path / "results.json").read_text())["test"]["classification"]
+    finally:
+        moved.rename(vectors)
+
+
 def test_eval_ema_uses_the_ema_weights(trained, tmp_path, capsys):
     from multisk.checkpoint import load_checkpoint
     from multisk.evaluate.loading import load_model

@@ -13,6 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
+from multisk.errors import DataFormatError
 from multisk.evaluate.text_queries import embed_texts, query_encoder_spec
 from multisk.metrics.classification import zero_shot_classification
 
@@ -68,7 +69,11 @@ def classify_by_category(model, dataset, embeddings: Mapping[str, Any], manifest
             skipped[name] = f"no item with a category has {' and '.join(parts)}"
             continue
         if class_emb is None:
-            class_emb, has_tokens = embed_texts(model, names, spec, device=device, word_vectors=word_vectors)
+            try:
+                class_emb, has_tokens = embed_texts(model, names, spec, device=device, word_vectors=word_vectors)
+            except (FileNotFoundError, DataFormatError) as err:
+                # e.g. the word-vector file has moved: retrieval results still stand, the reason is reported
+                return results, {"all": f"class names cannot be embedded: {err}"}
         result = zero_shot_classification(item_emb[valid], class_emb, labels[valid])
         result["classes"] = len(names)
         # a class name without any in-vocabulary word is represented by the masking token
