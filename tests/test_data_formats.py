@@ -374,7 +374,8 @@ def test_cli_convert_and_info(tmp_path, capsys):
     code = main(["data", "convert", "youcook2", str(path), "--out", str(tmp_path / "store"),
                  "--word-vectors", str(tmp_path / "vectors.bin"), "--split", "youcook_val"])
     assert code == 0
-    assert "1 items" in capsys.readouterr().out
+    converted = capsys.readouterr().out
+    assert "1 items" in converted and "the first 72 video steps / 4608 audio frames" in converted
     assert main(["data", "info", str(tmp_path / "store")]) == 0
     out = capsys.readouterr().out
     assert "youcook_val: 1 items (complete size 3350)" in out and "video" in out and "skipped_by_rule: 1" in out

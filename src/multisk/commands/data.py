@@ -160,6 +160,11 @@ def _convert(args: argparse.Namespace) -> int:
     print(f"wrote split {split!r} to {args.out}: {info['count']} items "
           f"(complete size {info.get('complete_size')}, skipped bad {info.get('skipped_bad', 0)}, "
           f"skipped by rule {info.get('skipped_by_rule', 0)})")
+    window = info.get("eval_window")
+    if window:
+        print(f"evaluation protocol recorded (SPEC §7): the first {window['video']} video steps / {window['audio']} "
+              f"audio frames of each item; empty modalities go through the masking token "
+              f"(`multisk eval --empty-modalities excluded` to leave such items out)")
     if args.skip_bad:
         print(f"skip report: {skipped_report_path(args.out, split)}")
     return 0
