@@ -185,7 +185,8 @@ def communication_checks(rank: int, world: int) -> dict:
     import multisk.losses.distributed as collectives
 
     log = []
-    gather, all_reduce, reduce_scatter = collectives._all_gather_single, dist.all_reduce, dist.reduce_scatter_tensor
+    scatter_name = "reduce_scatter_single" if hasattr(dist, "reduce_scatter_single") else "reduce_scatter_tensor"
+    gather, all_reduce, reduce_scatter = collectives._all_gather_single, dist.all_reduce, getattr(dist, scatter_name)
 
     def logged_gather(output, local, group=None):
         log.append(("all_gather", tuple(local.shape)))
@@ -199,8 +200,8 @@ def communication_checks(rank: int, world: int) -> dict:
         log.append(("reduce_scatter", tuple(tensor.shape)))
         return reduce_scatter(output, tensor, *args, **kwargs)
 
-    collectives._all_gather_single, dist.all_reduce, dist.reduce_scatter_tensor = (
-        logged_gather, logged_all_reduce, logged_reduce_scatter)
+    collectives._all_gather_single, dist.all_reduce = logged_gather, logged_all_reduce
+    setattr(dist, scatter_name, logged_reduce_scatter)
     try:
         model = fresh_model()
         batch = local_slice(make_data(1)[0], rank, world)
@@ -220,8 +221,8 @@ def communication_checks(rank: int, world: int) -> dict:
         StructurePreservingLoss(SSPCConfig(queue_size=0, n_iters=5), MODS, D, E, K)(model(*batch), model.anchors)
         no_queue = list(log)
     finally:
-        collectives._all_gather_single, dist.all_reduce, dist.reduce_scatter_tensor = (
-            gather, all_reduce, reduce_scatter)
+        collectives._all_gather_single, dist.all_reduce = gather, all_reduce
+        setattr(dist, scatter_name, reduce_scatter)
     return {"forward": forward, "backward": backward, "no_queue": no_queue}
 
 

@@ -544,3 +544,65 @@ def test_model_summary_cli_prints_parameter_count():
     assert lines[-1] == f"parameters: {expected}"
     assert any(line.startswith("fusion") for line in lines)
     assert parameter_table(build_model(cfg)).splitlines()[-1] == lines[-1]
+
+
+# ------------------------------------------------------------------------------------------ memory options
+def test_recomputed_davenet_equals_the_plain_one_including_batchnorm_statistics():
+    # model.recompute_audio_encoder: only stage inputs are kept; the backward recomputation must give the
+    # same gradients and must not update BatchNorm's running statistics a second time
+    torch.manual_seed(0)
+    plain = davenet_v2(n_mels=8, width_divisor=32)
+    recomputed = davenet_v2(n_mels=8, width_divisor=32, recompute=True)
+    recomputed.load_state_dict(plain.state_dict())
+    spec = torch.randn(3, 8, 200)
+    mask = torch.ones(3, 200)
+    weights = torch.randn(3, 4, 128)
+    results = []
+    for net in (plain, recomputed):
+        net.train()
+        x = spec.clone().requires_grad_()
+        for _ in range(2):
+            tokens, _ = net(x, mask)
+            (tokens * weights).sum().backward()
+        results.append((tokens.detach(), x.grad.clone(), {n: p.grad.clone() for n, p in net.named_parameters()},
+                        {n: b.clone() for n, b in net.named_buffers()}))
+    (t0, g0, p0, b0), (t1, g1, p1, b1) = results
+    torch.testing.assert_close(t1, t0, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(g1, g0, atol=1e-6, rtol=1e-5)
+    for name in p0:
+        torch.testing.assert_close(p1[name], p0[name], atol=1e-6, rtol=1e-5, msg=name)
+    for name in b0:
+        torch.testing.assert_close(b1[name], b0[name], atol=1e-7, rtol=1e-6, msg=name)
+    assert b1["stages.0.0.bn1.num_batches_tracked"].item() == 2
+    with torch.no_grad():  # evaluation and no-grad forwards take the plain path
+        torch.testing.assert_close(recomputed.eval()(spec, mask)[0], plain.eval()(spec, mask)[0])
+
+
+def test_norm_outputs_in_autocast_dtype_only_changes_autocast_runs():
+    torch.manual_seed(0)
+    cfg = small_config(variant="per_modality")
+    exact = build_model(cfg).train()
+    light = build_model(replace(cfg, norm_outputs_in_autocast_dtype=True)).train()
+    light.load_state_dict(exact.state_dict())
+    batch = make_batch(cfg)
+    out_exact, out_light = exact(batch), light(batch)
+    for name in out_exact["joint_normalized"]:  # no autocast: the same module
+        assert torch.equal(out_exact["joint_normalized"][name], out_light["joint_normalized"][name])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low_exact, low_light = exact(batch), light(batch)
+    # the layer itself: float32 in (as CUDA autocast's LayerNorm returns it), the autocast dtype out
+    from multisk.models.layers import AutocastLayerNorm
+
+    x = torch.randn(3, 32)
+    for flag, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        norm = AutocastLayerNorm(32, autocast_output=flag)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = norm(x)
+        assert y.dtype == dtype
+        torch.testing.assert_close(y.float(), F.layer_norm(x, (32,), norm.weight, norm.bias, 1e-6), atol=1e-2, rtol=1e-2)
+        assert torch.equal(norm(x), F.layer_norm(x, (32,), norm.weight, norm.bias, 1e-6))  # no autocast: LayerNorm
+    for name in low_exact["joint_normalized"]:
+        cosine = (low_exact["joint_normalized"][name] * low_light["joint_normalized"][name]).sum(-1)
+        assert cosine.min() > 0.99, name
+    scalar_loss(low_light).backward()
+    assert all(torch.isfinite(p.grad).all() for p in light.parameters() if p.grad is not None)

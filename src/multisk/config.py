@@ -48,6 +48,11 @@ class ModelConfig:
     num_anchors: int = 64  # K, for each of the six anchor sets
     dropout: float = 0.0
     compile: bool = False  # wrap the forward in torch.compile
+    # memory options (docs/benchmarks.md, "Memory"): under autocast, round LayerNorm outputs to the
+    # autocast dtype (CUDA autocast returns float32, so the residual streams stay float32); recompute
+    # DAVEnet's stages in backward instead of keeping their activations
+    norm_outputs_in_autocast_dtype: bool = False
+    recompute_audio_encoder: bool = False
 
 
 @dataclass

@@ -41,7 +41,8 @@ def rank(process_group: ProcessGroup = None) -> int:
     return dist.get_rank(process_group) if is_distributed() else 0
 
 
-# torch >= 2.12 names the single-tensor all-gather `all_gather_single` (the old name warns).
+# torch >= 2.12 names the single-tensor all-gather `all_gather_single` and the reduce-scatter
+# `reduce_scatter_single` (the old names warn).
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
@@ -66,7 +67,8 @@ def _sum_to_owners(grad_gathered: torch.Tensor, local_rows: int, process_group: 
     local = grad_gathered.new_empty((local_rows,) + tuple(grad_gathered.shape[1:]))
     if not _REDUCE_SCATTER_UNSUPPORTED:
         try:
-            dist.reduce_scatter_tensor(local, grad_gathered, op=dist.ReduceOp.SUM, group=process_group)
+            reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+            reduce_scatter(local, grad_gathered, op=dist.ReduceOp.SUM, group=process_group)
             return local
         except (RuntimeError, NotImplementedError):
             _REDUCE_SCATTER_UNSUPPORTED = True  # e.g. "Backend gloo does not support reduce_scatter"

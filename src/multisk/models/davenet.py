@@ -29,12 +29,14 @@ Convolutions have no bias (each is followed by BatchNorm). The reference also bu
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from multisk.config import AUDIO_ENCODER_NAMES, ConfigError, check_choice, check_registry
 
@@ -88,8 +90,11 @@ class DAVEnet(nn.Module):
         stage_widths: Sequence[int] = (128, 256, 512, 1024, 2048, 4096),
         stage_blocks: Sequence[int] = (2, 2, 1, 1, 1, 1),
         kernel_size: int = 9,
+        recompute: bool = False,
     ) -> None:
         super().__init__()
+        # keep only each stage's input for backward and run the stage again there (training only)
+        self.recompute = recompute
         if len(stage_widths) != len(stage_blocks):
             raise ValueError(f"stage_widths {tuple(stage_widths)} and stage_blocks {tuple(stage_blocks)} differ in length")
         self.n_mels = n_mels
@@ -146,11 +151,49 @@ class DAVEnet(nn.Module):
         if n_frames == 0:
             return spectrogram.new_zeros(batch, 0, self.out_dim), frame_mask.new_zeros(batch, 0, dtype=torch.bool)
         x = F.relu(self.stem_bn(self.stem_conv(spectrogram)), inplace=True)
-        x = self.stages(x)  # (B, out_dim, T')
+        if self.recompute and self.training and torch.is_grad_enabled():
+            for stage in self.stages:
+                x = _recomputed_in_backward(stage, x)
+        else:
+            x = self.stages(x)  # (B, out_dim, T')
         token_mask = F.max_pool1d(
             frame_mask.unsqueeze(1), kernel_size=self.total_stride, stride=self.total_stride, ceil_mode=True
         ).squeeze(1) > 0
         return x.transpose(1, 2), token_mask
+
+
+@contextlib.contextmanager
+def _running_statistics_frozen(module: nn.Module):
+    """BatchNorms of ``module`` normalise with batch statistics as usual but leave their running
+    statistics and counters unchanged (momentum 0; the counter restored)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    try:
+        for m in norms:
+            m.momentum = 0.0  # running = (1 − 0) · running + 0 · batch: unchanged
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, saved):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
+def _recomputed_in_backward(stage: nn.Module, x: Tensor) -> Tensor:
+    """``stage(x)`` through activation checkpointing: only ``x`` is kept for backward, where the stage
+    runs again. The forward run updates the BatchNorm running statistics once, as without
+    checkpointing; the recomputation sees the same batch, so it gives the same outputs and must not
+    update them a second time."""
+    runs = []
+
+    def run(inputs: Tensor) -> Tensor:
+        runs.append(1)
+        if len(runs) == 1:
+            return stage(inputs)
+        with _running_statistics_frozen(stage):
+            return stage(inputs)
+
+    return checkpoint(run, x, use_reentrant=False, preserve_rng_state=False)
 
 
 V2_WIDTHS = (128, 128, 256, 512, 1024, 2048, 4096)  # stem, then the six stages
@@ -167,29 +210,29 @@ def _scaled(widths: Sequence[int], divisor: int, name: str) -> Tuple[int, ...]:
     return tuple(w // divisor for w in widths)
 
 
-def davenet_v2(n_mels: int = 40, width_divisor: int = 1) -> DAVEnet:
+def davenet_v2(n_mels: int = 40, width_divisor: int = 1, recompute: bool = False) -> DAVEnet:
     """EAO's DAVEnet v2: 6 stages (128, 256, 512, 1024, 2048, 4096), one 4096-d token per 64 frames.
     ``width_divisor`` divides every channel width (1 = the paper's network)."""
     widths = _scaled(V2_WIDTHS, width_divisor, "davenet_v2")
-    return DAVEnet(n_mels, widths[0], widths[1:], V2_BLOCKS, kernel_size=9)
+    return DAVEnet(n_mels, widths[0], widths[1:], V2_BLOCKS, kernel_size=9, recompute=recompute)
 
 
-def davenet_v1(n_mels: int = 40, width_divisor: int = 1) -> DAVEnet:
+def davenet_v1(n_mels: int = 40, width_divisor: int = 1, recompute: bool = False) -> DAVEnet:
     """ResDAVEnet (Harwath et al.) as EAO loads it without v2: 4 stages (128, 256, 512, 1024) × 2 blocks,
     one 1024-d token per 16 frames. ``width_divisor`` divides every channel width."""
     widths = _scaled(V1_WIDTHS, width_divisor, "davenet_v1")
-    return DAVEnet(n_mels, widths[0], widths[1:], V1_BLOCKS, kernel_size=9)
+    return DAVEnet(n_mels, widths[0], widths[1:], V1_BLOCKS, kernel_size=9, recompute=recompute)
 
 
 AUDIO_ENCODERS = {"davenet_v1": davenet_v1, "davenet_v2": davenet_v2}  # model.audio_encoder
 check_registry("model.audio_encoder", AUDIO_ENCODERS, AUDIO_ENCODER_NAMES)
 
 
-def build_audio_encoder(name: str, n_mels: int = 40, width_divisor: int = 1) -> DAVEnet:
+def build_audio_encoder(name: str, n_mels: int = 40, width_divisor: int = 1, recompute: bool = False) -> DAVEnet:
     """``name`` is ``model.audio_encoder`` (a key of :data:`AUDIO_ENCODERS`), ``width_divisor`` is
-    ``model.audio_width_divisor``."""
+    ``model.audio_width_divisor``, ``recompute`` is ``model.recompute_audio_encoder``."""
     check_choice("model.audio_encoder", name, AUDIO_ENCODER_NAMES)
-    return AUDIO_ENCODERS[name](n_mels, width_divisor)
+    return AUDIO_ENCODERS[name](n_mels, width_divisor, recompute)
 
 
 __all__ = ["AUDIO_ENCODERS", "DAVEnet", "ResidualBlock1d", "build_audio_encoder", "davenet_v1", "davenet_v2"]

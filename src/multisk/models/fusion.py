@@ -42,18 +42,23 @@ class FusionTransformer(nn.Module):
         qkv_bias: bool = True,
         dropout: float = 0.0,
         use_cls_token: bool = False,
+        norm_autocast_output: bool = False,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.cls_token = nn.Parameter(torch.zeros(embed_dim)) if use_cls_token else None
         self.blocks = nn.ModuleList(
-            FusionBlock(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, dropout=dropout)
+            FusionBlock(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, dropout=dropout,
+                        norm_autocast_output=norm_autocast_output)
             for _ in range(depth)
         )
 
     def forward(self, segments: Sequence[Tuple[Tensor, Tensor]]) -> FusionOutput:
-        tokens = torch.cat([seg_tokens for seg_tokens, _ in segments], dim=1)
-        mask = torch.cat([seg_mask for _, seg_mask in segments], dim=1)
+        if len(segments) == 1:  # no copy: the tokens are saved for backward already (input embedding)
+            tokens, mask = segments[0]
+        else:
+            tokens = torch.cat([seg_tokens for seg_tokens, _ in segments], dim=1)
+            mask = torch.cat([seg_mask for _, seg_mask in segments], dim=1)
         offset = 0
         if self.cls_token is not None:
             batch = tokens.shape[0]

@@ -34,7 +34,7 @@ from multisk.errors import DataFormatError
 from multisk.models.anchors import AnchorHeads
 from multisk.models.davenet import DAVEnet, build_audio_encoder
 from multisk.models.fusion import FusionTransformer
-from multisk.models.layers import LAYER_NORM_EPS, GatedEmbeddingUnit, masked_mean
+from multisk.models.layers import LAYER_NORM_EPS, AutocastLayerNorm, GatedEmbeddingUnit, masked_mean
 
 # fused pairs of the everything_at_once variant, in output order; names are "a_b"
 MODALITY_PAIRS: Tuple[Tuple[str, str], ...] = (("text", "video"), ("text", "audio"), ("video", "audio"))
@@ -82,13 +82,18 @@ class MultiModalModel(nn.Module):
         dim = cfg.embed_dim
 
         self.audio_encoder = (
-            build_audio_encoder(cfg.audio_encoder, cfg.audio_mels, cfg.audio_width_divisor) if "audio" in self.modalities else None
+            build_audio_encoder(cfg.audio_encoder, cfg.audio_mels, cfg.audio_width_divisor,
+                                recompute=cfg.recompute_audio_encoder)
+            if "audio" in self.modalities else None
         )
         feature_dims = {"text": cfg.text_dim, "video": cfg.video_dim}
         if self.audio_encoder is not None:
             feature_dims["audio"] = self.audio_encoder.out_dim
         self.token_projections = nn.ModuleDict({m: GatedEmbeddingUnit(feature_dims[m], dim) for m in self.modalities})
-        self.token_norms = nn.ModuleDict({m: nn.LayerNorm(dim, eps=LAYER_NORM_EPS) for m in self.modalities})
+        self.token_norms = nn.ModuleDict({
+            m: AutocastLayerNorm(dim, eps=LAYER_NORM_EPS, autocast_output=cfg.norm_outputs_in_autocast_dtype)
+            for m in self.modalities
+        })
         self.masking_tokens = nn.ParameterDict({m: nn.Parameter(torch.empty(dim)) for m in self.modalities})
         self.positional_embeddings = (
             nn.ParameterDict({m: nn.Parameter(torch.empty(cfg.max_positions, dim)) for m in self.modalities})
@@ -100,6 +105,7 @@ class MultiModalModel(nn.Module):
             return FusionTransformer(
                 dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
                 dropout=cfg.dropout, use_cls_token=cfg.use_cls_token,
+                norm_autocast_output=cfg.norm_outputs_in_autocast_dtype,
             )
 
         self.fusion: nn.Module
