@@ -9,6 +9,7 @@ Pipeline for each modality m present in ``ModelConfig.modalities``::
       → (+ learned positional embedding, optional)
       → fusion transformer (its own per modality, or one shared) → masked mean (or CLS output)
       → projection  GatedEmbeddingUnit(D → E)                                joint embedding x̂_m (B, E)
+      (+ W_m · LayerNorm(masked mean of the input features), text / video, with model.input_residual)
 
 ``variant = "everything_at_once"`` shares one transformer and also encodes the concatenated token
 sequences of each pair (a, b): the pair embedding is ``(n(P_a(pool_a)) + n(P_b(pool_b))) / 2`` where
