@@ -53,6 +53,9 @@ class ModelConfig:
     # DAVEnet's stages in backward instead of keeping their activations
     norm_outputs_in_autocast_dtype: bool = False
     recompute_audio_encoder: bool = False
+    # add Linear(LayerNorm(mean input features)) to each text / video joint embedding: a linear path
+    # from the frozen pre-trained features around the transformer (not in the paper; docs/results.md)
+    input_residual: bool = False
 
 
 @dataclass
@@ -113,6 +116,9 @@ class DataConfig:
     max_text_tokens: int = 20
     max_video_tokens: int = 12
     max_audio_frames: int = 768
+    # shuffle the captions of this seeded fraction (seed = train.seed) of the training split's pairs
+    # (store training only; evaluation splits are never touched): the weak-alignment experiment
+    corrupt_fraction: float = 0.0
     # DataLoader processes per rank, and batches each keeps requested ahead. Shared memory per node is
     # about ranks x (num_workers x prefetch_factor + 1) x per-rank batch bytes (docs/data.md has the rule;
     # multisk.train.data.estimate_loader_memory computes it for a config)
@@ -243,6 +249,10 @@ def _check(cfg: Config) -> None:
     validate_model_config(cfg.model)
     validate_loss_config(cfg.loss)
     d = cfg.data
+    if not 0.0 <= d.corrupt_fraction <= 1.0:
+        raise ConfigError(f"data.corrupt_fraction: must be in [0, 1], got {d.corrupt_fraction}")
+    if d.corrupt_fraction > 0 and d.train_format != "store":
+        raise ConfigError("data.corrupt_fraction: only implemented for data.train_format 'store'")
     if d.num_workers < 0 or d.prefetch_factor < 1:
         raise ConfigError(f"data.num_workers / data.prefetch_factor: need >= 0 / >= 1, got {d.num_workers} / {d.prefetch_factor}")
     if d.video_transfer_dtype not in ("float32", "float16"):
