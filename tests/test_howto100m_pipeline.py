@@ -205,6 +205,17 @@ def test_captions_are_packed_arrays_equal_to_the_pickle(tmp_path):
         np.testing.assert_array_equal(got.end, expected.end)
         assert got.text == expected.text
     assert [ds.video_paths[i] for i in range(2)] == ["cooking/vidA", "misc/vidB"]
+    # a video listed twice shares its rows; consume=True empties the dict while packing
+    captions = dict(fx["caption_data"])
+    table = CaptionTable(captions, ["vidB", "vidA", "vidB", "vidZ"], "caption.pickle", consume=True)
+    assert captions == {} and table.present.tolist() == [True, True, True, False]
+    assert table.segments(0).text == table.segments(2).text == ["a Dog runs fast"] and table.segments(3) is None
+    assert table.segments(1).text == list(fx["caption_data"]["vidA"]["text"])
+    assert len(table.start) == 6  # vidB's one segment packed once, vidA's five
+    # times stay float64 (1234.5678 is not a float32 number; float32 would give 1234.5677490234375)
+    precise = CaptionTable({"v": {"start": np.array([1234.5678]), "end": np.array([1240.0]),
+                                  "text": np.array(["x"], dtype=object)}}, ["v"], "caption.pickle")
+    assert precise.segments(0).start[0] == 1234.5678
     words = PackedStrings.from_strings(["", "naïve café", "x"])
     assert list(words) == ["", "naïve café", "x"] and words.nbytes == len("naïve café".encode()) + 1 + 8 * 4
 

@@ -253,8 +253,12 @@ def check_segments(entry: Any, where: str) -> CaptionSegments:
     for key in ("start", "end", "text"):
         if key not in entry:
             raise DataFormatError(f"{where}: missing field {key!r}")
-    start = check_array(entry["start"], where, "start", shape=(None,)).astype(np.float64)
-    end = check_array(entry["end"], where, "end", shape=(None,)).astype(np.float64)
+    # checked (rank, dtype, finite) by check_array, but kept in float64: a float32 copy would move a
+    # time of 3600 s by up to 1.2e-4 s, enough to shift a frame border (frames are 10 ms)
+    check_array(entry["start"], where, "start", shape=(None,))
+    check_array(entry["end"], where, "end", shape=(None,))
+    start = np.asarray(entry["start"], dtype=np.float64)
+    end = np.asarray(entry["end"], dtype=np.float64)
     texts = list(np.asarray(entry["text"], dtype=object).reshape(-1))
     if not (len(start) == len(end) == len(texts)):
         raise DataFormatError(
@@ -407,6 +411,24 @@ class PackedStrings:
         np.cumsum([len(b) for b in encoded], out=offsets[1:])
         return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offsets)
 
+    @classmethod
+    def from_chunks(cls, chunks: List[bytes], lengths: List[np.ndarray]) -> "PackedStrings":
+        """From concatenated UTF-8 ``chunks`` whose string byte lengths are ``lengths`` (one array per
+        chunk). Empties ``chunks`` while copying, so the bytes are held twice only one chunk at a time."""
+        counts = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+        offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        data = np.empty(int(offsets[-1]), dtype=np.uint8)
+        position = 0
+        chunks.reverse()
+        while chunks:
+            chunk = chunks.pop()
+            data[position : position + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+            position += len(chunk)
+        if position != len(data):
+            raise ValueError(f"PackedStrings.from_chunks: {position} bytes in chunks, lengths say {len(data)}")
+        return cls(data, offsets)
+
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
@@ -431,22 +453,37 @@ class PackedStrings:
 class CaptionTable:
     """The ASR captions of a list of videos as flat arrays (one row range per video).
 
-    ``video_offsets`` (V + 1,) int64: video ``v``'s segments are rows ``video_offsets[v]:video_offsets[v+1]``
-    of ``start`` / ``end`` (N,) float64 and ``text`` (:class:`PackedStrings`, N strings). ``present``
-    (V,) bool: whether ``caption.pickle`` has an entry for the video. An entry that fails
+    Video ``v``'s segments are rows ``ranges[v, 0]:ranges[v, 1]`` ((V, 2) int64) of ``start`` / ``end``
+    (N,) float64 and ``text`` (:class:`PackedStrings`, N strings); a video listed twice shares one range.
+    ``present`` (V,) bool: whether ``caption.pickle`` has an entry for the video. An entry that fails
     :func:`check_segments` is stored as its error message (``errors``: video row -> message) and raised
     when the video is read, so one bad entry fails that video, by name, exactly as before packing.
+
+    ``consume=True`` removes each entry from ``captions`` once packed, so the dict shrinks while the
+    table grows (peak memory ~ the larger of the two instead of their sum); texts are gathered as one
+    UTF-8 ``bytes`` per video, never as one Python ``str`` per segment.
     """
 
-    def __init__(self, captions: Mapping[str, Any], video_ids: Sequence[str], where: str) -> None:
+    def __init__(self, captions: Mapping[str, Any], video_ids: Sequence[str], where: str, consume: bool = False) -> None:
         starts: List[np.ndarray] = []
         ends: List[np.ndarray] = []
-        texts: List[str] = []
-        counts = np.zeros(len(video_ids), dtype=np.int64)
+        chunks: List[bytes] = []
+        lengths: List[np.ndarray] = []
+        self.ranges = np.zeros((len(video_ids), 2), dtype=np.int64)
         self.present = np.zeros(len(video_ids), dtype=bool)
         self.errors: Dict[int, str] = {}
+        packed: Dict[str, int] = {}  # video id -> first row that packed it (duplicates reuse its range)
+        total = 0
         for row, video_id in enumerate(video_ids):
-            entry = captions.get(video_id)
+            if video_id in packed:
+                first_row = packed[video_id]
+                self.ranges[row] = self.ranges[first_row]
+                self.present[row] = self.present[first_row]
+                if first_row in self.errors:
+                    self.errors[row] = self.errors[first_row]
+                continue
+            packed[video_id] = row
+            entry = captions.pop(video_id, None) if consume else captions.get(video_id)  # type: ignore[attr-defined]
             if entry is None:
                 continue
             self.present[row] = True
@@ -455,15 +492,17 @@ class CaptionTable:
             except DataFormatError as err:
                 self.errors[row] = str(err)
                 continue
+            encoded = [text.encode("utf-8") for text in segments.text]
             starts.append(segments.start)
             ends.append(segments.end)
-            texts.extend(segments.text)
-            counts[row] = len(segments.start)
-        self.video_offsets = np.zeros(len(video_ids) + 1, dtype=np.int64)
-        np.cumsum(counts, out=self.video_offsets[1:])
+            chunks.append(b"".join(encoded))
+            lengths.append(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)))
+            self.ranges[row] = (total, total + len(encoded))
+            total += len(encoded)
         self.start = np.concatenate(starts) if starts else np.zeros(0, dtype=np.float64)
         self.end = np.concatenate(ends) if ends else np.zeros(0, dtype=np.float64)
-        self.text = PackedStrings.from_strings(texts)
+        del starts, ends
+        self.text = PackedStrings.from_chunks(chunks, lengths)
 
     def __len__(self) -> int:
         return len(self.present)
@@ -474,13 +513,13 @@ class CaptionTable:
             raise DataFormatError(self.errors[row])
         if not self.present[row]:
             return None
-        first, stop = int(self.video_offsets[row]), int(self.video_offsets[row + 1])
+        first, stop = int(self.ranges[row, 0]), int(self.ranges[row, 1])
         return CaptionSegments(self.start[first:stop], self.end[first:stop], self.text.slice(first, stop))
 
     @property
     def nbytes(self) -> int:
         """Bytes held in arrays (what every worker shares)."""
-        arrays = (self.video_offsets, self.present, self.start, self.end)
+        arrays = (self.ranges, self.present, self.start, self.end)
         return int(sum(a.nbytes for a in arrays) + self.text.nbytes)
 
 
@@ -575,7 +614,8 @@ class HowTo100MDataset:
         self.caption_path = Path(caption_path)
         # packed right away; the dict (a Python object per video and segment) is dropped on return
         self.captions = CaptionTable(load_howto_captions(self.caption_path),
-                                     [self.video_id(i) for i in range(len(self.video_paths))], str(self.caption_path))
+                                     [self.video_id(i) for i in range(len(self.video_paths))], str(self.caption_path),
+                                     consume=True)
         if isinstance(word_vectors, (str, os.PathLike)):
             if lowercase is None:
                 lowercase = str(word_vectors) == PACKAGED_GLOVE
