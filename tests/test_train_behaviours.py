@@ -151,6 +151,14 @@ def test_resuming_with_another_global_batch_is_a_clear_error(store, tmp_path):
     cfg = load_config(CONFIG, tiny_overrides(store, out, **{"train.batch_size": 4, "data.eval_splits": "[]"}))
     with pytest.raises(ConfigError, match=r"train.batch_size: .*latest.pt was trained with a global batch of 8"):
         train(cfg, resume="latest", progress=False)
+    # a multi-process checkpoint of the older per-process batch semantics cannot name a global position
+    legacy = load_checkpoint(out / "checkpoints" / "latest.pt")
+    del legacy["global_batch_size"], legacy["world_size"]
+    legacy["rng"] = legacy["rng"] * 2
+    torch.save(legacy, tmp_path / "legacy.pt")
+    cfg = load_config(CONFIG, tiny_overrides(store, out, **{"data.eval_splits": "[]"}))
+    with pytest.raises(ConfigError, match=r"legacy.pt: written by 2 processes of an older multisk"):
+        train(cfg, resume=str(tmp_path / "legacy.pt"), progress=False)
 
 
 def _torchrun() -> str | None:

@@ -221,6 +221,10 @@ def _restore(path: Path, cfg: Config, ctx: DistributedContext, model, objective,
     to the parameters' device) into the run's objects and ``state``; returns the EMA state, if any.
     The loaded dict is dropped on return, so no second copy of the weights stays resident."""
     saved = load_checkpoint(path)
+    if "global_batch_size" not in saved and isinstance(saved["rng"], list) and len(saved["rng"]) > 1:
+        raise ConfigError(f"{path}: written by {len(saved['rng'])} processes of an older multisk, whose "
+                          f"train.batch_size was per process; its data position cannot be carried over. Start "
+                          f"from its weights with train.init_checkpoint={path} instead")
     saved_batch = saved.get("global_batch_size", cfg.train.batch_size)
     if saved_batch != cfg.train.batch_size:
         raise ConfigError(f"train.batch_size: {path} was trained with a global batch of {saved_batch}, this run "
