@@ -105,6 +105,14 @@ def test_validation_split_is_used_and_never_a_test_split(tmp_path):
             w.add(item["id"], {m: test.tokens(m, i) if test.has(m, i) else None for m in test.modalities})
     result = compute_baselines(root, ["test"], baselines=("linear_probe",), val_split="val")
     assert result["details"]["linear_probe"]["video"]["val"].startswith("split 'val'")
+    # a validation split with pictures only: the sound probe falls back to a carved part of train
+    with FeatureStoreWriter(root, "val", test.modalities) as w:
+        for i, item in enumerate(test.items):
+            w.add(item["id"], {m: test.tokens(m, i) if test.has(m, i) and m != "audio" else None
+                               for m in test.modalities})
+    result = compute_baselines(root, ["test"], baselines=("linear_probe",), val_split="val")
+    assert result["details"]["linear_probe"]["video"]["val"].startswith("split 'val'")
+    assert "split 'val' has no audio" in result["details"]["linear_probe"]["audio"]["val"]
     with pytest.raises(ValueError, match="also an evaluation split"):
         compute_baselines(root, ["val"], baselines=("linear_probe",), val_split="val")
 

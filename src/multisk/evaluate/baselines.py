@@ -282,13 +282,14 @@ def fit_linear_probes(
         paired = present & text_present
         if paired.sum() < 4:
             continue
+        val_paired = None
         if val is not None and modality in val.modalities:
             val_feats, val_present = pooled_features(val, modality)
             val_text, val_text_present = pooled_features(val, text_modality(val))
             val_paired = val_present & val_text_present
-            if val_paired.sum() < 2:
-                raise DataFormatError(f"{val.dir}: the validation split has {int(val_paired.sum())} items with "
-                                      f"both text and {modality}; cannot choose the ridge penalty")
+        # a validation split without this modality (e.g. pictures only) chooses nothing for it: the
+        # penalty is then chosen on a carved part of the training split, and the description says so
+        if val_paired is not None and val_paired.sum() >= 2:
             val_groups = store_groups(val)
             selection = RidgeMap().fit(feats[paired], text[paired])
             vx, vt = val_feats[val_paired], val_text[val_paired]
@@ -301,6 +302,8 @@ def fit_linear_probes(
             vx, vt = feats[held_out], text[held_out]
             vg = groups[held_out] if groups is not None else None
             source = f"seeded {int(held_out.sum())} of the {int(paired.sum())} training items (seed {seed})"
+            if val is not None:
+                source += f"; split {val.split!r} has no {modality} paired with text"
         lam, curve = _choose_lambda(selection, vx, vt, vg, modality, lambdas)
         probes[modality] = {"ridge": RidgeMap().fit(feats[paired], text[paired]), "lambda": lam, "val": source,
                             "curve": curve, "n_train": int(paired.sum()), "text_modality": text_name}
