@@ -54,7 +54,7 @@ def test_claim_quick_mode_reports_all_variants_and_runs_their_losses(tmp_path):
 
 def test_corrupt_fraction_shuffles_training_captions_only(tmp_path):
     from multisk.config import ConfigError, load_config
-    from multisk.train.data import build_eval_datasets, build_train_dataset
+    from multisk.train.datasets_for_config import build_eval_datasets, build_train_dataset
 
     store = write_synthetic_store(tmp_path / "store", n_train=40, n_test=12)
     base = tiny_overrides(store, tmp_path / "out")

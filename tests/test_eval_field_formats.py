@@ -109,7 +109,7 @@ def test_trainer_and_eval_feed_the_first_window_whatever_the_training_lengths(fi
     from multisk.checkpoint import load_checkpoint
     from multisk.config import config_from_dict
     from multisk.data.howto100m import combine_video_features
-    from multisk.train.data import build_eval_datasets, build_train_dataset
+    from multisk.train.datasets_for_config import build_eval_datasets, build_train_dataset
 
     cfg = config_from_dict(load_checkpoint(field_run["run"] / "checkpoints" / "latest.pt")["config"])
     assert cfg.data.max_video_tokens == 12 and cfg.data.max_audio_frames == 768

@@ -22,7 +22,7 @@ from multisk.data.dataset import (
     max_workers_within,
 )
 from multisk.data.howto100m import CaptionTable, HowTo100MDataset, PackedStrings, check_segments, read_video_csv
-from multisk.train.data import build_train_dataset, estimate_loader_memory, loader_options
+from multisk.train.datasets_for_config import build_train_dataset, estimate_loader_memory, loader_options
 from multisk.train.sampling import ResumableBatchSampler
 
 from synthetic_store import tiny_overrides, write_synthetic_store

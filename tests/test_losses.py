@@ -23,7 +23,7 @@ from multisk.losses import (
     TrainingObjective,
     build_term_table,
 )
-from multisk.losses.distributed import all_gather_no_grad, all_gather_with_grad, rank, world_size
+from multisk.losses.collectives import all_gather_no_grad, all_gather_with_grad, rank, world_size
 
 MODS = ("text", "video", "audio")
 

@@ -182,7 +182,7 @@ def gather_checks(rank: int, world: int) -> dict:
 
 def communication_checks(rank: int, world: int) -> dict:
     """The collectives of one objective step (forward, backward) and of SSPC without queues, logged."""
-    import multisk.losses.distributed as collectives
+    import multisk.losses.collectives as collectives
 
     log = []
     scatter_name = "reduce_scatter_single" if hasattr(dist, "reduce_scatter_single") else "reduce_scatter_tensor"

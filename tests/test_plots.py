@@ -1,4 +1,4 @@
-"""Figures (evaluate/plots.py): valid PNGs, the numbers they draw, and clear errors on bad input."""
+"""Figures (evaluate/plot_primitives.py): valid PNGs, the numbers they draw, and clear errors on bad input."""
 
 import json
 import math
@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 from multisk.errors import DataFormatError
-from multisk.evaluate import direction_ranks, plots
-from multisk.evaluate.plots import (
+from multisk.evaluate import direction_ranks
+from multisk.evaluate import plot_primitives as plots
+from multisk.evaluate.plot_primitives import (
     anchor_usage,
     pca_2d,
     plot_anchor_top_items,

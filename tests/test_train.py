@@ -37,7 +37,7 @@ def store(tmp_path_factory):
 def test_train_end_to_end_writes_logs_checkpoints_results_and_plots(store, tmp_path, monkeypatch, capsys):
     from multisk.cli import main
     from multisk.train import step as step_module
-    from multisk.train.data import build_train_dataset, collate_fn_for
+    from multisk.train.datasets_for_config import build_train_dataset, collate_fn_for
 
     fed = []
     real_call = step_module.TrainStep.__call__

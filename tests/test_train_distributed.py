@@ -10,7 +10,7 @@ import time
 
 import torch.multiprocessing as mp
 
-from multisk.train.distributed import gather_objects, host_barrier, init_distributed
+from multisk.train.process_group import gather_objects, host_barrier, init_distributed
 
 
 def _free_port() -> int:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from multisk.config import ConfigError
-from multisk.train.distributed import pick_device
+from multisk.train.process_group import pick_device
 from multisk.train.step import (
     DevicePrefetcher,
     ExponentialMovingAverage,

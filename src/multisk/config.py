@@ -121,7 +121,7 @@ class DataConfig:
     corrupt_fraction: float = 0.0
     # DataLoader processes per rank, and batches each keeps requested ahead. Shared memory per node is
     # about ranks x (num_workers x prefetch_factor + 1) x per-rank batch bytes (docs/data.md has the rule;
-    # multisk.train.data.estimate_loader_memory computes it for a config)
+    # multisk.train.datasets_for_config.estimate_loader_memory computes it for a config)
     num_workers: int = 0
     prefetch_factor: int = 2
     # dtype of the collated training video features between worker and device: "float16" halves the

@@ -37,7 +37,7 @@ def run_embed(args: argparse.Namespace) -> int:
     from multisk.evaluate.loading import load_model
     from multisk.evaluate.pipeline import embed_dataset
     from multisk.evaluate.text_queries import query_encoder_spec
-    from multisk.train.distributed import pick_device
+    from multisk.train.process_group import pick_device
 
     device = pick_device(args.device)
     model, cfg = load_model(args.checkpoint, device=device)
@@ -55,7 +55,7 @@ def run_embed(args: argparse.Namespace) -> int:
 
 def run_search(args: argparse.Namespace) -> int:
     from multisk.evaluate.index import load_index, search_index
-    from multisk.train.distributed import pick_device
+    from multisk.train.process_group import pick_device
 
     index = load_index(args.index)
     spec = index["meta"].get("text_encoder")

@@ -1,6 +1,6 @@
 """multisk.evaluate: retrieval in every direction, report tables and figures.
 
-``multisk.evaluate.plots`` (matplotlib) is imported on demand, not here, to keep this import light.
+``multisk.evaluate.plot_primitives`` (matplotlib) is imported on demand, not here, to keep this import light.
 """
 
 from multisk.evaluate.directions import (

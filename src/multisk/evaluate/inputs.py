@@ -24,6 +24,7 @@ from typing import Any, Dict, Mapping, Optional
 
 from multisk.config import Config
 from multisk.data.dataset import FeatureStoreDataset
+from multisk.data.store_for_config import store_dataset
 from multisk.errors import DataFormatError
 
 EMPTY_MODALITY_MODES = ("masking_token", "excluded")
@@ -50,8 +51,6 @@ def recorded_window(info: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
 def eval_store_dataset(cfg: Config, root: str, split: str) -> FeatureStoreDataset:
     """One split of a store as evaluation feeds it to the model of ``cfg`` (window of SPEC §7 when the
     store records one, else the model's lengths). The dataset's ``eval_inputs`` says which."""
-    from multisk.train.data import store_dataset
-
     dataset = store_dataset(cfg, root, split)
     window = recorded_window(dataset.store.info)
     if window is not None:

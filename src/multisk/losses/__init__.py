@@ -12,7 +12,7 @@ from multisk.losses.contrastive import (
     NormSoftmax,
     build_criterion,
 )
-from multisk.losses.distributed import (
+from multisk.losses.collectives import (
     all_gather_no_grad,
     all_gather_with_grad,
     is_distributed,

@@ -27,7 +27,7 @@ import torch.nn as nn
 from multisk.config import (
     CONTRASTIVE_KINDS, MODALITIES, ConfigError, ContrastiveConfig, check_registry, validate_contrastive_config,
 )
-from multisk.losses.distributed import (
+from multisk.losses.collectives import (
     ProcessGroup,
     all_gather_no_grad,
     all_gather_with_grad,

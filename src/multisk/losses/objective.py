@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from multisk.config import LossConfig, ModelConfig, validate_loss_config
 from multisk.losses.contrastive import CombinatorialContrastiveLoss
-from multisk.losses.distributed import ProcessGroup
+from multisk.losses.collectives import ProcessGroup
 from multisk.losses.structure_preserving import StructurePreservingLoss
 
 

@@ -52,7 +52,7 @@ from multisk.config import (
     MODALITIES, SSPC_COSTS, SSPC_SOLVERS, ConfigError, SSPCConfig, check_registry, validate_sspc_config,
 )
 from multisk.losses.contrastive import GlobalKeys, at_least_float32
-from multisk.losses.distributed import ProcessGroup, all_gather_no_grad, local_row_offset, world_size
+from multisk.losses.collectives import ProcessGroup, all_gather_no_grad, local_row_offset, world_size
 from multisk.losses.queue import EmbeddingQueue
 from multisk.sinkhorn.precision import exact_float32
 

@@ -6,34 +6,11 @@ from typing import Callable, Dict
 
 from torch.utils.data import Dataset
 
-from multisk.config import Config
-from multisk.data.dataset import FeatureStoreDataset, collate_batch
-
-
-def _max_tokens(cfg: Config) -> Dict[str, int]:
-    return {
-        "text": cfg.data.max_text_tokens,
-        "video": cfg.data.max_video_tokens,
-        "audio": cfg.data.max_audio_frames,
-    }
-
-
-def _store_modalities(cfg: Config) -> Dict[str, str]:
-    missing = [m for m in cfg.model.modalities if m not in cfg.data.modality_map]
-    if missing:
-        from multisk.config import ConfigError
-
-        raise ConfigError(f"data.modality_map: no feature-store modality given for {missing}")
-    return {m: cfg.data.modality_map[m] for m in cfg.model.modalities}
-
-
-def _dims(cfg: Config) -> Dict[str, int]:
-    return {"text": cfg.model.text_dim, "video": cfg.model.video_dim, "audio": cfg.model.audio_mels}
-
-
-def store_dataset(cfg: Config, root: str, split: str) -> FeatureStoreDataset:
-    """One split of a feature store as the model of ``cfg`` expects it (modality map, crops, dims)."""
-    return FeatureStoreDataset(root, split, _store_modalities(cfg), _max_tokens(cfg), dims=_dims(cfg))
+from multisk.config import Config, ConfigError
+from multisk.data.dataset import FeatureStoreDataset, batch_nbytes, collate_batch, loader_shared_memory_bytes
+from multisk.data.howto100m import HowTo100MDataset
+from multisk.data.store_for_config import feature_dims, store_dataset, token_budgets
+from multisk.evaluate.inputs import eval_store_dataset
 
 
 def build_train_dataset(cfg: Config) -> Dataset:
@@ -45,8 +22,6 @@ def build_train_dataset(cfg: Config) -> Dataset:
         dataset.video_dtype = cfg.data.video_transfer_dtype
         return dataset
     if cfg.data.train_format == "howto100m":
-        from multisk.data.howto100m import HowTo100MDataset
-
         d = cfg.data
         return HowTo100MDataset(
             d.howto_csv, d.howto_features_path, d.howto_audio_path, d.howto_caption_path, d.word_vectors,
@@ -54,8 +29,6 @@ def build_train_dataset(cfg: Config) -> Dataset:
             max_video_tokens=d.max_video_tokens, max_audio_frames=d.max_audio_frames, seed=cfg.train.seed,
             text_audio_misaligned=d.flag_text_audio_misaligned, video_dtype=d.video_transfer_dtype,
         )
-    from multisk.config import ConfigError
-
     raise ConfigError(f"data.train_format: expected 'store' or 'howto100m', got {cfg.data.train_format!r}")
 
 
@@ -65,8 +38,6 @@ def build_eval_datasets(cfg: Config) -> Dict[str, FeatureStoreDataset]:
     48 / 3072 or 72 / 4608 steps), whatever the training lengths (:mod:`multisk.evaluate.inputs`)."""
     if not cfg.data.eval_splits:
         return {}
-    from multisk.evaluate.inputs import eval_store_dataset
-
     return {split: eval_store_dataset(cfg, cfg.data.root, split) for split in cfg.data.eval_splits}
 
 
@@ -80,13 +51,11 @@ def estimate_loader_memory(cfg: Config, world_size: int = 1, ranks_per_node: int
     (:func:`multisk.data.dataset.loader_shared_memory_bytes` with 1 and ``ranks_per_node`` ranks;
     default: every rank on one node).
     """
-    from multisk.data.dataset import batch_nbytes, loader_shared_memory_bytes
-
     d = cfg.data
     ranks_per_node = world_size if ranks_per_node is None else ranks_per_node
     per_rank = -(-cfg.train.batch_size // world_size)  # ceil: the largest share when it does not divide
     items = per_rank * (d.clips_per_video if d.train_format == "howto100m" else 1)
-    batch = batch_nbytes(items, _max_tokens(cfg), _dims(cfg), {"video": d.video_transfer_dtype})
+    batch = batch_nbytes(items, token_budgets(cfg), feature_dims(cfg), {"video": d.video_transfer_dtype})
     return {
         "batch_items": items,
         "batch_bytes": batch,
@@ -114,5 +83,4 @@ def collate_fn_for(dataset) -> Callable:
 
 __all__ = [
     "build_eval_datasets", "build_train_dataset", "collate_fn_for", "estimate_loader_memory", "loader_options",
-    "store_dataset",
 ]

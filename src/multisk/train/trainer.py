@@ -39,8 +39,8 @@ from multisk.config import Config, ConfigError, config_to_dict, config_to_yaml
 from multisk.evaluate.pipeline import evaluate_model
 from multisk.losses import TrainingObjective
 from multisk.models import build_model
-from multisk.train.data import build_eval_datasets, build_train_dataset, collate_fn_for, loader_options
-from multisk.train.distributed import (
+from multisk.train.datasets_for_config import build_eval_datasets, build_train_dataset, collate_fn_for, loader_options
+from multisk.train.process_group import (
     DistributedContext,
     cleanup_distributed,
     gather_objects,
@@ -409,7 +409,7 @@ def _finish(run: Run, make_plots: bool) -> Dict[str, Any]:
             run.log.write({"step": run.state.global_step, **_flatten_eval(evaluation)})
             if make_plots:
                 run.log.close()  # flush TensorBoard before the figures read the run
-                from multisk.evaluate.figures import write_run_figures  # matplotlib: heavy, optional
+                from multisk.evaluate.run_figures import write_run_figures  # matplotlib: heavy, optional
 
                 results["plots"] = [str(p) for p in write_run_figures(run.out, evaluation, run.eval_sets)]
             for entry in evaluation.values():

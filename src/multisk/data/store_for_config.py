@@ -1,0 +1,43 @@
+"""A feature-store split as the model of a config expects it: which stored modality feeds each model
+input (``data.modality_map``), the token budget of each input (``data.max_*``) and its feature width.
+
+Library code (config + data only), so that the training application and the evaluation application
+both build their store datasets here instead of importing each other.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+from multisk.config import Config, ConfigError
+from multisk.data.dataset import FeatureStoreDataset
+
+
+def token_budgets(cfg: Config) -> Dict[str, int]:
+    """Modality → the most tokens (audio: spectrogram frames) one item feeds the model."""
+    return {
+        "text": cfg.data.max_text_tokens,
+        "video": cfg.data.max_video_tokens,
+        "audio": cfg.data.max_audio_frames,
+    }
+
+
+def feature_dims(cfg: Config) -> Dict[str, int]:
+    """Modality → the feature width the model's input projection expects (audio: mel bins)."""
+    return {"text": cfg.model.text_dim, "video": cfg.model.video_dim, "audio": cfg.model.audio_mels}
+
+
+def store_modalities(cfg: Config) -> Dict[str, str]:
+    """Model modality → the feature-store modality that feeds it (``data.modality_map``)."""
+    missing = [m for m in cfg.model.modalities if m not in cfg.data.modality_map]
+    if missing:
+        raise ConfigError(f"data.modality_map: no feature-store modality given for {missing}")
+    return {m: cfg.data.modality_map[m] for m in cfg.model.modalities}
+
+
+def store_dataset(cfg: Config, root: str, split: str) -> FeatureStoreDataset:
+    """One split of a feature store as the model of ``cfg`` expects it (modality map, crops, dims)."""
+    return FeatureStoreDataset(root, split, store_modalities(cfg), token_budgets(cfg), dims=feature_dims(cfg))
+
+
+__all__ = ["feature_dims", "store_dataset", "store_modalities", "token_budgets"]
