@@ -8,6 +8,8 @@ import importlib
 import sys
 from typing import List, Optional
 
+from multisk.errors import UserFacingError
+
 # module name under multisk.commands, in the order shown by --help
 COMMAND_MODULES = ("demo", "model", "data", "train", "evaluate", "baseline", "embed")
 
@@ -38,8 +40,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # user-facing errors become one clear line; bugs keep their traceback
-        from multisk.errors import UserFacingError
-
         if isinstance(err, UserFacingError):
             print(f"multisk {args.command}: error: {err}", file=sys.stderr)
             return 2

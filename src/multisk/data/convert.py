@@ -20,7 +20,11 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from multisk.data.eval_pickles import bad_item_record, load_msrvtt, load_youcook2
 from multisk.data.feature_store import FeatureStoreWriter
+from multisk.data.howto100m import HowTo100MDataset
+from multisk.data.text import encode_text
+from multisk.data.word_vectors import PACKAGED_GLOVE, load_word_vectors
 from multisk.errors import DataFormatError
 
 KINDS = ("msrvtt", "youcook2", "howto100m")
@@ -70,8 +74,6 @@ def convert_dataset(
 
     Pickle inputs are unpickled: **that executes code stored in the file; convert trusted files only.**
     """
-    from multisk.data.word_vectors import PACKAGED_GLOVE, load_word_vectors
-
     if kind not in KINDS:
         raise DataFormatError(f"convert: unknown kind {kind!r} (known: {', '.join(KINDS)})")
     split = split or DEFAULT_SPLITS[kind]
@@ -89,8 +91,6 @@ def text_encoder_record(word_vectors: str, lowercase: bool, max_words: int) -> D
     """How the store's ``text`` tokens were made, so class names and search queries can be embedded the
     same way later: the word-vector source (a packaged name, or the file's absolute path, size and
     file name, so a moved file can be named exactly), the tokenisation and the word limit."""
-    from multisk.data.word_vectors import PACKAGED_GLOVE
-
     record: Dict[str, Any] = {"kind": "word_vectors", "name": word_vectors, "lowercase": lowercase,
                               "max_words": int(max_words), "tokenizer": "regex [\\w']+, in-vocabulary words only"}
     if word_vectors != PACKAGED_GLOVE:
@@ -100,9 +100,6 @@ def text_encoder_record(word_vectors: str, lowercase: bool, max_words: int) -> D
 
 
 def _convert_pickle(kind, path, out_root, split, kv, skip_bad, max_words, lowercase, dtype, common, opts):
-    from multisk.data.eval_pickles import load_msrvtt, load_youcook2
-    from multisk.data.text import encode_text
-
     allowed = {"max_video_tokens", "max_audio_frames", "complete_size"} | ({"all_captions"} if kind == "msrvtt" else set())
     unknown = set(opts) - allowed
     if unknown:
@@ -140,9 +137,6 @@ def _convert_pickle(kind, path, out_root, split, kv, skip_bad, max_words, lowerc
 
 
 def _convert_howto100m(csv, out_root, split, kv, skip_bad, max_words, lowercase, dtype, common, opts):
-    from multisk.data.eval_pickles import bad_item_record
-    from multisk.data.howto100m import HowTo100MDataset
-
     required = ("features_path", "audio_path", "caption_path")
     missing = [k for k in required if not opts.get(k)]
     if missing:

@@ -36,15 +36,22 @@ when the store has it, else ``text`` (word vectors).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
-from multisk.data.feature_store import FeatureStore, FeatureStoreError
+from multisk.data.encoding import CaptionEncoder
+from multisk.data.feature_store import FeatureStore, FeatureStoreError, read_manifest
+from multisk.data.lite0 import load_lite0
 from multisk.errors import DataFormatError
+from multisk.evaluate.directions import evaluate_directions
+from multisk.evaluate.pipeline import caption_groups
+from multisk.metrics.structure import knn_jaccard
 
 BASELINES = ("random", "linear_probe", "classname_bridge")
 RIDGE_LAMBDAS = (1.0, 10.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
@@ -115,8 +122,6 @@ def text_modality(store: FeatureStore) -> str:
 
 def store_groups(store: FeatureStore) -> Optional[np.ndarray]:
     """(N,) ints: items with one ``group`` (identical captions) are all correct answers; None if absent."""
-    from multisk.evaluate.pipeline import caption_groups
-
     return caption_groups(SimpleNamespace(store=store))
 
 
@@ -136,8 +141,6 @@ def structure_preservation(dataset, joint: Mapping[str, Any], nonempty: Mapping[
         ``{modality: {"knn_jaccard": value, "k": k, "n_items": n}}`` for ``text`` / ``video`` /
         ``audio`` when at least ``k + 1`` items have the modality.
     """
-    from multisk.metrics.structure import knn_jaccard
-
     result: Dict[str, Dict[str, float]] = {}
     store = dataset.store
     for modality in ("text", "video", "audio"):
@@ -208,8 +211,6 @@ def _score(
     embeddings: Dict[str, np.ndarray], present: Dict[str, np.ndarray], groups: Optional[np.ndarray],
     directions: Sequence[str], complete_size: Optional[int] = None,
 ) -> Dict[str, Dict[str, float]]:
-    from multisk.evaluate.directions import evaluate_directions
-
     wanted = [d for d in directions if all(m in embeddings for m in _direction_modalities(d))]
     if not wanted:
         return {}
@@ -332,10 +333,6 @@ def _cache_dir() -> Path:
 def class_name_embeddings(names: Sequence[str]) -> np.ndarray:
     """(C, 384) MiniLM sentence embeddings of ``names``, encoded like the store's captions (mean of
     the token embeddings of the first 20 word pieces, L2-normalised); cached on disk by content."""
-    import hashlib
-
-    from multisk.data.folder import CaptionEncoder
-
     key = hashlib.sha256(("\n".join(names) + repr(CaptionEncoder.minilm_description())).encode()).hexdigest()[:16]
     path = _cache_dir() / f"classnames_minilm_{key}.npy"
     if path.is_file():
@@ -354,15 +351,77 @@ def class_name_embeddings(names: Sequence[str]) -> np.ndarray:
 
 def classname_bridge_embeddings(picture_features: np.ndarray, class_embeddings: np.ndarray) -> np.ndarray:
     """(N, 1280) Lite0 global features → (N, 384): softmax(Lite0 classifier logits) · class embeddings."""
-    import torch
-
-    from multisk.data.lite0 import load_lite0
-
     classifier = load_lite0().classifier
     with torch.no_grad():
         logits = classifier(torch.as_tensor(picture_features, dtype=torch.float32)).double()
     probabilities = torch.softmax(logits, dim=1).numpy()
     return probabilities @ class_embeddings
+
+
+def _fit_probes_or_skip(train_root: Path, train_available: Mapping[str, Any], train_split: str,
+                        val_split: Optional[str], seed: int, details: Dict[str, Any],
+                        skipped: Dict[str, str]) -> Dict[str, Dict[str, Any]]:
+    """The linear probes of :func:`fit_linear_probes` on ``train_root``'s training split (their choices
+    go into ``details``), or ``{}`` with the reason in ``skipped``."""
+    if train_split not in train_available:
+        skipped["linear_probe"] = (f"{train_root} has no training split {train_split!r} to fit it on "
+                                   "(fit it on another store's training split: --train-data)")
+        return {}
+    val = (FeatureStore(train_root, val_split)
+           if val_split is not None and val_split in train_available else None)
+    probes = fit_linear_probes(FeatureStore(train_root, train_split), val, seed=seed)
+    details["linear_probe"] = {m: {k: v for k, v in p.items() if k != "ridge"} for m, p in probes.items()}
+    if not probes:
+        skipped["linear_probe"] = f"split {train_split!r} has no pictures or sounds paired with text"
+    return probes
+
+
+def _class_embeddings_or_skip(root: str | Path, splits: Sequence[str], skipped: Dict[str, str]) -> Optional[np.ndarray]:
+    """(1000, 384) class-name embeddings when the store has what the class-name bridge needs, else None
+    with the reason in ``skipped``."""
+    first = FeatureStore(root, splits[0]) if splits else None
+    if first is None or "text_minilm" not in first.modalities:
+        skipped["classname_bridge"] = "needs MiniLM caption tokens (store modality 'text_minilm')"
+    elif first.modalities.get("video") != 1280 or _picture_grid(first) is None:
+        skipped["classname_bridge"] = "needs EfficientNet-Lite0 picture tokens (store metadata 'picture_encoder')"
+    else:
+        return class_name_embeddings(imagenet_class_names())
+    return None
+
+
+def _score_split(store: FeatureStore, baselines: Sequence[str], probes: Mapping[str, Dict[str, Any]],
+                 class_embeddings: Optional[np.ndarray], seed: int) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """Baseline name → direction → metrics on one evaluation split (only the baselines that ran)."""
+    runs: Dict[str, Dict[str, Dict[str, float]]] = {}
+    groups = store_groups(store)
+    complete = store.info.get("complete_size")
+    text_name = text_modality(store)
+    text, text_present = pooled_features(store, text_name)
+    media = {m: pooled_features(store, m) for m in ("video", "audio") if m in store.modalities}
+    directions = [d for m in media for d in PROBE_DIRECTIONS[m]]
+    if "random" in baselines:
+        rng = np.random.default_rng(seed)
+        embeddings = {m: rng.standard_normal((len(store), RANDOM_DIM)) for m in ("text", *media)}
+        present = {"text": text_present, **{m: p for m, (_, p) in media.items()}}
+        runs["random"] = _score(embeddings, present, groups,
+                                _valid_directions(embeddings, present, directions), complete)
+    if probes:
+        embeddings, present = {"text": text}, {"text": text_present}
+        for m, probe in probes.items():
+            if m in media:
+                if probe["text_modality"] != text_name:
+                    raise DataFormatError(f"{store.dir}: text modality {text_name!r} differs from the training "
+                                          f"split's {probe['text_modality']!r}")
+                embeddings[m] = probe["ridge"].predict(media[m][0], probe["lambda"])
+                present[m] = media[m][1]
+        runs["linear_probe"] = _score(embeddings, present, groups,
+                                      _valid_directions(embeddings, present, directions), complete)
+    if class_embeddings is not None and "video" in media and text_name == "text_minilm":
+        embeddings = {"text": text, "video": classname_bridge_embeddings(media["video"][0], class_embeddings)}
+        present = {"text": text_present, "video": media["video"][1]}
+        runs["classname_bridge"] = _score(embeddings, present, groups,
+                                          _valid_directions(embeddings, present, PROBE_DIRECTIONS["video"]), complete)
+    return runs
 
 
 def compute_baselines(
@@ -391,8 +450,6 @@ def compute_baselines(
         ``{"runs": {baseline: {split: {direction: metrics}}}, "details": {...}, "skipped": {baseline:
         reason}}``; ``runs`` has the shape :func:`multisk.evaluate.report.comparison_table` takes.
     """
-    from multisk.data.feature_store import read_manifest
-
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise ValueError(f"baselines: unknown {unknown}; known: {', '.join(BASELINES)}")
@@ -413,58 +470,11 @@ def compute_baselines(
 
     probes: Dict[str, Dict[str, Any]] = {}
     if "linear_probe" in baselines:
-        if train_split in train_available:
-            val = (FeatureStore(train_root, val_split)
-                   if val_split is not None and val_split in train_available else None)
-            probes = fit_linear_probes(FeatureStore(train_root, train_split), val, seed=seed)
-            details["linear_probe"] = {m: {k: v for k, v in p.items() if k != "ridge"} for m, p in probes.items()}
-            if not probes:
-                skipped["linear_probe"] = f"split {train_split!r} has no pictures or sounds paired with text"
-        else:
-            skipped["linear_probe"] = (f"{train_root} has no training split {train_split!r} to fit it on "
-                                       "(fit it on another store's training split: --train-data)")
-
-    class_embeddings = None
-    if "classname_bridge" in baselines:
-        first = FeatureStore(root, splits[0]) if splits else None
-        if first is None or "text_minilm" not in first.modalities:
-            skipped["classname_bridge"] = "needs MiniLM caption tokens (store modality 'text_minilm')"
-        elif first.modalities.get("video") != 1280 or _picture_grid(first) is None:
-            skipped["classname_bridge"] = "needs EfficientNet-Lite0 picture tokens (store metadata 'picture_encoder')"
-        else:
-            class_embeddings = class_name_embeddings(imagenet_class_names())
-
+        probes = _fit_probes_or_skip(train_root, train_available, train_split, val_split, seed, details, skipped)
+    class_embeddings = _class_embeddings_or_skip(root, splits, skipped) if "classname_bridge" in baselines else None
     for split in splits:
-        store = FeatureStore(root, split)
-        groups = store_groups(store)
-        complete = store.info.get("complete_size")
-        text_name = text_modality(store)
-        text, text_present = pooled_features(store, text_name)
-        media = {m: pooled_features(store, m) for m in ("video", "audio") if m in store.modalities}
-        directions = [d for m in media for d in PROBE_DIRECTIONS[m]]
-        if "random" in baselines:
-            rng = np.random.default_rng(seed)
-            embeddings = {m: rng.standard_normal((len(store), RANDOM_DIM)) for m in ("text", *media)}
-            present = {"text": text_present, **{m: p for m, (_, p) in media.items()}}
-            runs["random"][split] = _score(embeddings, present, groups,
-                                           _valid_directions(embeddings, present, directions), complete)
-        if probes:
-            embeddings, present = {"text": text}, {"text": text_present}
-            for m, probe in probes.items():
-                if m in media:
-                    if probe["text_modality"] != text_name:
-                        raise DataFormatError(f"{store.dir}: text modality {text_name!r} differs from the training "
-                                              f"split's {probe['text_modality']!r}")
-                    embeddings[m] = probe["ridge"].predict(media[m][0], probe["lambda"])
-                    present[m] = media[m][1]
-            runs["linear_probe"][split] = _score(embeddings, present, groups,
-                                                 _valid_directions(embeddings, present, directions), complete)
-        if class_embeddings is not None and "video" in media and text_name == "text_minilm":
-            embeddings = {"text": text, "video": classname_bridge_embeddings(media["video"][0], class_embeddings)}
-            present = {"text": text_present, "video": media["video"][1]}
-            runs["classname_bridge"][split] = _score(embeddings, present, groups,
-                                                     _valid_directions(embeddings, present, PROBE_DIRECTIONS["video"]),
-                                                     complete)
+        for name, metrics in _score_split(FeatureStore(root, split), baselines, probes, class_embeddings, seed).items():
+            runs[name][split] = metrics
     runs = {name: per_split for name, per_split in runs.items() if name not in skipped}
     return {"runs": runs, "details": details, "skipped": skipped}
 

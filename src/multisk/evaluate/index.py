@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 from multisk.errors import DataFormatError
+from multisk.evaluate.loading import load_model
+from multisk.evaluate.text_queries import describe, embed_texts
 
 INDEX_VERSION = 2
 
@@ -132,9 +134,6 @@ def search_index(index: Mapping[str, Any], query: str, *, target: str = "video",
     message) for an empty query, a query with no token in the text encoder's vocabulary (the model would
     answer with its masking token, i.e. noise), or a target no item has.
     """
-    from multisk.evaluate.loading import load_model
-    from multisk.evaluate.text_queries import describe, embed_texts
-
     if not query.strip():
         raise DataFormatError("query: empty search text")
     spec = index["meta"].get("text_encoder")

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from multisk.data.dataset import collate_batch
 from multisk.evaluate.directions import ALL_DIRECTIONS, evaluate_directions
+from multisk.evaluate.inputs import dataset_inputs, empty_modalities_mode
 
 
 def _autocast(device: torch.device, precision: str):
@@ -153,8 +154,6 @@ def evaluate_split(
     (:func:`evaluate_model` documents the fields). Further per-split blocks (classification, baselines,
     structure preservation) are added by the caller next to ``retrieval``.
     """
-    from multisk.evaluate.inputs import dataset_inputs, empty_modalities_mode
-
     mode = empty_modalities_mode(dataset, empty_modalities)
     emb = embed_dataset(model, dataset, device=device, precision=precision, batch_size=batch_size)
     # only a complete size the data declares (MSR-VTT's 1000, YouCook2's 3350) changes the

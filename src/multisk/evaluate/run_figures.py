@@ -32,7 +32,7 @@ def write_run_figures(out_dir: str | Path, evaluation: Mapping[str, Any], datase
 
     Returns the paths written. ``datasets`` maps split → the dataset that was evaluated.
     """
-    from multisk.evaluate import plot_primitives as plots
+    import multisk.evaluate.plot_primitives as plots  # matplotlib: only when figures are written
 
     out = Path(out_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from multisk.data.encoding import CaptionEncoder
+from multisk.data.text import encode_text, tokenize
+from multisk.data.word_vectors import PACKAGED_GLOVE, load_word_vectors
 from multisk.errors import DataFormatError
 
 MINILM_NAME = "all-MiniLM-L6-v2"
@@ -52,8 +55,6 @@ def describe(spec: Mapping[str, Any]) -> str:
 
 
 def _word_vectors(spec: Mapping[str, Any], override: Optional[str]):
-    from multisk.data.word_vectors import PACKAGED_GLOVE, load_word_vectors
-
     name = str(override or spec["name"])
     if name != PACKAGED_GLOVE and not Path(name).expanduser().is_file():
         recorded = spec.get("file_name") or Path(str(spec["name"])).name
@@ -68,13 +69,9 @@ def _word_vectors(spec: Mapping[str, Any], override: Optional[str]):
 def query_tokens(spec: Mapping[str, Any], texts: Sequence[str], *, word_vectors: Optional[str] = None) -> List[np.ndarray]:
     """(T_i, D) float32 tokens of every text, made as the store's tokens were (T_i may be 0)."""
     if spec.get("kind") == "minilm":
-        from multisk.data.folder import CaptionEncoder
-
         return [np.asarray(t, dtype=np.float32) for t in CaptionEncoder(cache=None).minilm_tokens(list(texts))]
     if spec.get("kind", "word_vectors") != "word_vectors":
         raise DataFormatError(f"text_encoder: unknown kind {spec.get('kind')!r} (known: word_vectors, minilm)")
-    from multisk.data.text import encode_text
-
     kv = _word_vectors(spec, word_vectors)
     return [encode_text(kv, text.replace("_", " "), max_words=int(spec.get("max_words", 20)),
                         lowercase=bool(spec.get("lowercase", False))) for text in texts]
@@ -85,8 +82,6 @@ def query_words(spec: Mapping[str, Any], text: str, *, word_vectors: Optional[st
     which has no out-of-vocabulary words), so a user sees what a query was matched on."""
     if spec.get("kind") == "minilm":
         return None
-    from multisk.data.text import tokenize
-
     kv = _word_vectors(spec, word_vectors)
     used, unknown = [], []
     for word in tokenize(text.replace("_", " ")):
