@@ -14,6 +14,7 @@ evaluation; the first record of a run gives world size and batch sizes), ``tenso
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import random
@@ -187,11 +188,9 @@ def _build_run(cfg: Config, ctx: DistributedContext, resume: Optional[str]) -> R
             ema.load_state_dict(ema_state)
     forward_module: torch.nn.Module = model
     if ctx.enabled:
-        # broadcast_buffers=False: only rank 0's buffers (BatchNorm statistics) are ever read — by its
-        # checkpoints, evaluation and EMA — and rank 0's own buffers evolve identically either way.
         forward_module = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            gradient_as_bucket_view=True, broadcast_buffers=False)
+            model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True,
+            **_no_forward_buffer_sync())
     step = make_train_step(model, objective, optimizer, scaler, cfg.train.precision, forward_module=forward_module,
                            grad_clip=cfg.train.grad_clip, on_nonfinite=cfg.train.on_nonfinite, ema=ema)
     sampler = ResumableBatchSampler(len(dataset), cfg.train.batch_size, seed=cfg.train.seed,
@@ -206,6 +205,16 @@ def _build_run(cfg: Config, ctx: DistributedContext, resume: Optional[str]) -> R
               watch=NonFiniteWatch(device, history=cfg.train.nonfinite_check_every), resumed_from=ckpt_path)
     _open_outputs(run, per_rank)
     return run
+
+
+def _no_forward_buffer_sync() -> Dict[str, bool]:
+    """DDP keyword that stops broadcasting rank 0's buffers before every forward: only rank 0's buffers
+    (BatchNorm statistics) are ever read — by its checkpoints, evaluation and EMA — and rank 0's own
+    buffers evolve identically either way. (Buffers are still made equal once, when DDP is built, where
+    the newer keyword ``forward_sync_buffers`` exists; ``broadcast_buffers`` is its older name.)"""
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def _per_rank_batch_size(cfg: Config, ctx: DistributedContext) -> int:
