@@ -191,3 +191,20 @@ def test_one_process_checkpoint_resumes_on_two_processes_with_sspc_off(store, tm
         assert got[step] == pytest.approx(expected[step], rel=2e-4, abs=1e-5), f"step {step}"
     saved = load_checkpoint(run / "checkpoints" / "latest.pt")
     assert (saved["world_size"], saved["global_batch_size"], len(saved["rng"])) == (2, 8, 2)
+
+
+def test_grad_clip_reaches_the_optimizer_step(store, tmp_path):
+    """Adam is nearly invariant to the gradient's scale, except through eps (1e-8): gradients clipped to a
+    norm of 1e-12 move the weights ~1e-4 of what unclipped ones do in the first step (|Adam step| = lr)."""
+    one_step = {"train.steps": 1, "data.eval_splits": "[]", "train.lr": 0.01}
+    moves = {}
+    start = None
+    for name, clip, lr in (("start", 0.0, 0.0), ("clipped", 1e-12, 0.01), ("free", 0.0, 0.01)):
+        out = tmp_path / name
+        _run(store, out, **{**one_step, "train.grad_clip": clip, "train.lr": lr})
+        weights = load_checkpoint(out / "checkpoints" / "latest.pt")["model"]["projections.text.linear.weight"]
+        if start is None:
+            start = weights
+        moves[name] = float((weights - start).abs().max())
+    assert moves["free"] == pytest.approx(0.01, rel=1e-3)
+    assert moves["clipped"] < 1e-2 * moves["free"]  # (measured: ~1e-4 of it)
