@@ -195,7 +195,7 @@ def test_one_process_checkpoint_resumes_on_two_processes_with_sspc_off(store, tm
 
 def test_grad_clip_reaches_the_optimizer_step(store, tmp_path):
     """Adam is nearly invariant to the gradient's scale, except through eps (1e-8): gradients clipped to a
-    norm of 1e-12 move the weights ~1e-4 of what unclipped ones do in the first step (|Adam step| = lr)."""
+    norm of 1e-12 barely move the weights, unclipped ones move them by lr in the first step (|Adam step| = lr)."""
     one_step = {"train.steps": 1, "data.eval_splits": "[]", "train.lr": 0.01}
     moves = {}
     start = None
@@ -207,4 +207,4 @@ def test_grad_clip_reaches_the_optimizer_step(store, tmp_path):
             start = weights
         moves[name] = float((weights - start).abs().max())
     assert moves["free"] == pytest.approx(0.01, rel=1e-3)
-    assert moves["clipped"] < 1e-2 * moves["free"]  # (measured: ~1e-4 of it)
+    assert moves["clipped"] < 1e-2 * moves["free"]  # (measured: 2.2e-6 of it)
