@@ -1,9 +1,10 @@
 """Benchmark: one full training step of the real multisk model — contrastive only vs contrastive + SSPC.
 
-A training step here is exactly what the trainer does per batch: forward of the model
-(``multisk.models.build_model(cfg.model)``) and of the objective
+A training step here is the trainer's own step, ``multisk.train.step.make_train_step`` with
+``build_optimizer``: forward of the model (``multisk.models.build_model(cfg.model)``) and of the objective
 (``multisk.losses.TrainingObjective(cfg.loss, cfg.model, model.joint_names)``) under autocast, backward
-(through ``torch.amp.GradScaler`` for fp16) and an Adam step (fused on CUDA). Two objectives are timed in
+(through ``torch.amp.GradScaler`` for fp16) and an Adam step (fused on CUDA). The solver row times the
+SSPC loss's own ``_solve``. Two objectives are timed in
 ONE process on the SAME model, batch and optimizer, their steps interleaved (contrastive, SSPC, solver,
 contrastive, ...) so that load changes hit both alike:
 
