@@ -12,7 +12,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "multisk"
 LIBRARY_PACKAGES = ("sinkhorn", "models", "losses", "data", "metrics")
-LIBRARY_MODULES = ("config.py", "errors.py")
+LIBRARY_MODULES = ("config.py", "errors.py", "modalities.py", "checkpoint.py")
 APPLICATIONS = ("multisk.train", "multisk.evaluate", "multisk.commands", "multisk.cli")
 
 

@@ -17,8 +17,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from multisk.errors import ConfigError  # defined in the leaf module, re-exported here
-
-MODALITIES = ("text", "video", "audio")
+from multisk.modalities import MODALITIES, modality_spec  # the modality table (name, dims, budget, crop, encoder)
 
 
 @dataclass
@@ -238,8 +237,7 @@ def validate_model_config(m: ModelConfig) -> None:
         raise ConfigError("model.modalities: at least one modality is required")
     check_choice("model.variant", m.variant, MODEL_VARIANTS)
     for name in m.modalities:
-        if name not in MODALITIES:
-            raise ConfigError(f"model.modalities: unknown modality {name!r} (known: {', '.join(MODALITIES)})")
+        modality_spec(name, "model.modalities")
     check_choice("model.audio_encoder", m.audio_encoder, AUDIO_ENCODER_NAMES)
     if m.embed_dim % m.num_heads:
         raise ConfigError(f"model.num_heads: {m.num_heads} does not divide model.embed_dim {m.embed_dim}")

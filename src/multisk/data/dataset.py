@@ -40,8 +40,9 @@ import torch
 from torch.utils.data import Dataset
 
 from multisk.data.feature_store import FeatureStore, FeatureStoreError
+from multisk.modalities import MODALITIES, MODALITY_SPECS
 
-MODALITY_ORDER = ("text", "video", "audio")
+MODALITY_ORDER = MODALITIES  # the built-in rows; the loops below read the table itself (multisk.modalities)
 CROP_MODES = ("center", "start", "even")
 TRANSPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -72,7 +73,7 @@ def batch_nbytes(
     """
     dtypes = dtypes or {}
     total = 0
-    for modality in MODALITY_ORDER:
+    for modality in MODALITY_SPECS:
         length, dim = int(max_tokens[modality]), int(dims[modality])
         itemsize = torch.tensor([], dtype=resolve_dtype(dtypes.get(modality))).element_size()
         total += batch_items * length * (dim * itemsize + 4)
@@ -157,7 +158,7 @@ def collate_batch(
     dtypes = dict(dtypes or {})
     batch: Dict[str, Any] = {}
     size = len(items)
-    for modality in MODALITY_ORDER:
+    for modality in MODALITY_SPECS:
         arrays = [torch.as_tensor(item[modality]) for item in items]
         dims = {a.shape[1] for a in arrays}
         if len(dims) != 1 or any(a.ndim != 2 for a in arrays):
@@ -178,7 +179,7 @@ def collate_batch(
             if n:
                 values[b, :n] = array.to(dtype)
                 mask[b, :n] = 1.0
-        if modality == "audio":
+        if MODALITY_SPECS[modality].encoder == "spectrogram":
             values = values.transpose(1, 2).contiguous()  # (B, F, n_mels) -> (B, n_mels, F)
         batch[modality] = values
         batch[f"{modality}_mask"] = mask
@@ -222,12 +223,16 @@ class FeatureStoreDataset(Dataset):
     ) -> None:
         self.store = FeatureStore(root, split)
         self.video_dtype = video_dtype
-        self.modality_map = dict(modality_map) if modality_map is not None else {m: m for m in MODALITY_ORDER}
-        unknown = set(self.modality_map) - set(MODALITY_ORDER)
+        self.modality_map = dict(modality_map) if modality_map is not None else {m: m for m in MODALITY_SPECS}
+        unknown = set(self.modality_map) - set(MODALITY_SPECS)
         if unknown:
-            raise FeatureStoreError(f"modality_map: unknown model modality {sorted(unknown)} (known: text, video, audio)")
+            raise FeatureStoreError(f"modality_map: unknown model modality {sorted(unknown)} "
+                                    f"(known: {', '.join(MODALITY_SPECS)})")
         default_max = {"text": 20, "video": 12, "audio": 768}
         self.max_tokens = {**default_max, **dict(max_tokens or {})}
+        unbudgeted = [m for m in MODALITY_SPECS if m not in self.max_tokens]
+        if unbudgeted:
+            raise FeatureStoreError(f"max_tokens: no token budget for modality {unbudgeted}")
         for mode, name in ((video_crop, "video_crop"), (audio_crop, "audio_crop")):
             if mode not in CROP_MODES:
                 raise FeatureStoreError(f"{name}: unknown crop mode {mode!r} (known: {', '.join(CROP_MODES)})")
@@ -238,7 +243,7 @@ class FeatureStoreDataset(Dataset):
         store_dims = self.store.modalities
         self.dims: Dict[str, int] = {}
         self._source: Dict[str, Optional[str]] = {}
-        for modality in MODALITY_ORDER:
+        for modality in MODALITY_SPECS:
             name = self.modality_map.get(modality)
             if name is not None and name in store_dims:
                 self._source[modality] = name
@@ -290,7 +295,8 @@ class FeatureStoreDataset(Dataset):
         if modality == "text" and getattr(self, "text_source", None) is not None:
             index = int(self.text_source[index])  # shuffle_captions moved this item's caption
         tokens = self.store.tokens(name, index)
-        mode = {"text": "start", "video": self.video_crop, "audio": self.audio_crop}[modality]
+        # video / audio crops are settable (evaluation windows crop from the start); others: the table's rule
+        mode = {"video": self.video_crop, "audio": self.audio_crop}.get(modality, MODALITY_SPECS[modality].crop)
         # a copy: the memory map is read-only and torch tensors must own writable memory
         return np.array(crop_tokens(tokens, self.max_tokens[modality], mode), dtype=np.float32)
 
@@ -298,7 +304,7 @@ class FeatureStoreDataset(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         index = int(index) % len(self)
-        item: Dict[str, Any] = {m: torch.from_numpy(self._tokens(m, index)) for m in MODALITY_ORDER}
+        item: Dict[str, Any] = {m: torch.from_numpy(self._tokens(m, index)) for m in MODALITY_SPECS}
         item["index"] = index
         item["id"] = self.ids[index]
         return item

@@ -11,20 +11,19 @@ from typing import Dict
 
 from multisk.config import Config, ConfigError
 from multisk.data.dataset import FeatureStoreDataset
+from multisk.modalities import MODALITY_SPECS, feature_dim, token_budget
 
 
 def token_budgets(cfg: Config) -> Dict[str, int]:
-    """Modality → the most tokens (audio: spectrogram frames) one item feeds the model."""
-    return {
-        "text": cfg.data.max_text_tokens,
-        "video": cfg.data.max_video_tokens,
-        "audio": cfg.data.max_audio_frames,
-    }
+    """Modality → the most tokens (audio: spectrogram frames) one item feeds the model
+    (``data.<budget_key>`` of every row of the modality table)."""
+    return {m: token_budget(cfg.data, m) for m in MODALITY_SPECS}
 
 
 def feature_dims(cfg: Config) -> Dict[str, int]:
-    """Modality → the feature width the model's input projection expects (audio: mel bins)."""
-    return {"text": cfg.model.text_dim, "video": cfg.model.video_dim, "audio": cfg.model.audio_mels}
+    """Modality → the feature width the model's input projection expects (audio: mel bins;
+    ``model.<dim_key>`` of every row of the modality table)."""
+    return {m: feature_dim(cfg.model, m) for m in MODALITY_SPECS}
 
 
 def store_modalities(cfg: Config) -> Dict[str, str]:

@@ -36,29 +36,30 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from multisk.config import MODALITIES
 from multisk.metrics.retrieval import metrics_from_ranks, retrieval_ranks
+from multisk.modalities import MODALITIES, MODALITY_SPECS
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
-LETTER = {"text": "t", "video": "v", "audio": "a"}
+LETTER = {name: spec.letter for name, spec in MODALITY_SPECS.items()}  # the built-in rows; Side reads the table
 
 
 @dataclass(frozen=True)
 class Side:
     """One side of a retrieval direction: one modality, or a pair fused late or by the model."""
 
-    modalities: Tuple[str, ...]  # in MODALITIES order
+    modalities: Tuple[str, ...]  # in the order of the modality table
     fused_by_model: bool = False
 
     @property
     def label(self) -> str:
-        letters = [LETTER[m] for m in self.modalities]
+        letters = [MODALITY_SPECS[m].letter for m in self.modalities]
         return "".join(letters) if self.fused_by_model else "+".join(letters)
 
 
 def _side(*modalities: str, fused_by_model: bool = False) -> Side:
-    return Side(tuple(sorted(modalities, key=MODALITIES.index)), fused_by_model)
+    order = list(MODALITY_SPECS)
+    return Side(tuple(sorted(modalities, key=order.index)), fused_by_model)
 
 
 def _all_directions() -> List[Tuple[Side, Side]]:
@@ -78,14 +79,26 @@ ALL_DIRECTIONS: Dict[str, Tuple[Side, Side]] = {
 }
 
 
+def table_directions() -> Dict[str, Tuple[Side, Side]]:
+    """:data:`ALL_DIRECTIONS` (SPEC §7 over text, video, audio), then, for every further row of the
+    modality table, single → single directions between it and each other modality (``t2f f2t``)."""
+    directions = dict(ALL_DIRECTIONS)
+    for extra in (m for m in MODALITY_SPECS if m not in MODALITIES):
+        for other in (m for m in MODALITY_SPECS if m != extra):
+            for query, gallery in ((other, extra), (extra, other)):
+                pair = (_side(query), _side(gallery))
+                directions.setdefault(f"{pair[0].label}2{pair[1].label}", pair)
+    return directions
+
+
 def _parse_name(name: str) -> Side:
-    if name in MODALITIES:
+    if name in MODALITY_SPECS:
         return _side(name)
     parts = name.split("_")
-    if len(parts) == 2 and all(p in MODALITIES for p in parts) and parts[0] != parts[1]:
+    if len(parts) == 2 and all(p in MODALITY_SPECS for p in parts) and parts[0] != parts[1]:
         return _side(*parts, fused_by_model=True)
     raise ValueError(
-        f"embeddings: unknown embedding name {name!r}; expected one of {', '.join(MODALITIES)} "
+        f"embeddings: unknown embedding name {name!r}; expected one of {', '.join(MODALITY_SPECS)} "
         "or a model-fused pair such as 'video_audio'"
     )
 
@@ -176,7 +189,7 @@ def available_directions(embedding_names: Sequence[str]) -> List[str]:
     sides = {_parse_name(name) for name in embedding_names}
     singles = {s.modalities[0] for s in sides if len(s.modalities) == 1}
     result = []
-    for label, (query, gallery) in ALL_DIRECTIONS.items():
+    for label, (query, gallery) in table_directions().items():
         buildable = True
         for side in (query, gallery):
             if side.fused_by_model or len(side.modalities) == 1:
@@ -203,12 +216,13 @@ def direction_ranks(
     """
     problems = _DirectionProblems(embeddings, nonempty, groups)
     possible = available_directions(list(embeddings))
+    known = table_directions()
     if directions is None:
         wanted = possible
     else:
-        unknown = [d for d in directions if d not in ALL_DIRECTIONS]
+        unknown = [d for d in directions if d not in known]
         if unknown:
-            raise ValueError(f"directions: unknown {unknown}; known: {', '.join(ALL_DIRECTIONS)}")
+            raise ValueError(f"directions: unknown {unknown}; known: {', '.join(known)}")
         missing = [d for d in directions if d not in possible]
         if missing:
             raise ValueError(
@@ -218,7 +232,7 @@ def direction_ranks(
 
     ranks: Dict[str, np.ndarray] = {}
     for label in wanted:
-        query_side, gallery_side = ALL_DIRECTIONS[label]
+        query_side, gallery_side = known[label]
         query_embedding = problems.embedding(query_side)
         gallery_embedding = problems.embedding(gallery_side)
         assert query_embedding is not None and gallery_embedding is not None
@@ -271,4 +285,4 @@ def evaluate_directions(
     return {label: metrics_from_ranks(r, complete_size) for label, r in ranks.items()}
 
 
-__all__ = ["ALL_DIRECTIONS", "Side", "available_directions", "direction_ranks", "evaluate_directions"]
+__all__ = ["ALL_DIRECTIONS", "Side", "available_directions", "direction_ranks", "evaluate_directions", "table_directions"]

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from multisk.config import (
-    CONTRASTIVE_KINDS, MODALITIES, ConfigError, ContrastiveConfig, check_registry, validate_contrastive_config,
+    CONTRASTIVE_KINDS, ConfigError, ContrastiveConfig, check_registry, validate_contrastive_config,
 )
 from multisk.losses.collectives import (
     ProcessGroup,
@@ -34,6 +34,7 @@ from multisk.losses.collectives import (
     local_row_offset,
     world_size,
 )
+from multisk.modalities import MODALITY_SPECS
 from multisk.sinkhorn.precision import autocast_disabled
 
 
@@ -172,9 +173,9 @@ def parse_pairs(pair_weights: Mapping[str, float], available: Iterable[str]) -> 
         if len(sides) != 2 or not all(sides):
             raise ConfigError(f"{where}: expected 'a-b' with two joint-embedding names (e.g. 'text-video')")
         for side in sides:
-            unknown = [m for m in embedding_modalities(side) if m not in MODALITIES]
+            unknown = [m for m in embedding_modalities(side) if m not in MODALITY_SPECS]
             if unknown:
-                known = ", ".join(MODALITIES)
+                known = ", ".join(MODALITY_SPECS)
                 raise ConfigError(f"{where}: unknown modality {unknown[0]!r} in {side!r} (known: {known})")
         if weight < 0:
             raise ConfigError(f"{where}: weight must be >= 0, got {weight}")

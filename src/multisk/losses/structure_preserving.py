@@ -49,11 +49,12 @@ import torch.nn.functional as F
 
 from multisk import sinkhorn as sinkhorn_solvers
 from multisk.config import (
-    MODALITIES, SSPC_COSTS, SSPC_SOLVERS, ConfigError, SSPCConfig, check_registry, validate_sspc_config,
+    SSPC_COSTS, SSPC_SOLVERS, ConfigError, SSPCConfig, check_registry, validate_sspc_config,
 )
 from multisk.losses.contrastive import GlobalKeys, at_least_float32
 from multisk.losses.collectives import ProcessGroup, all_gather_no_grad, local_row_offset, world_size
 from multisk.losses.queue import EmbeddingQueue
+from multisk.modalities import modality_spec
 from multisk.sinkhorn.precision import exact_float32
 
 INPUT_FROM_JOINT = "input<-joint"  # (i): predict input-space scores s_m from the joint-space target q̂_{m,n}
@@ -154,8 +155,7 @@ class StructurePreservingLoss(nn.Module):
         if not modalities:
             raise ConfigError("model.modalities: SSPC needs at least one modality")
         for m in modalities:
-            if m not in MODALITIES:
-                raise ConfigError(f"model.modalities: unknown modality {m!r} (known: {', '.join(MODALITIES)})")
+            modality_spec(m, "model.modalities")  # ConfigError naming the field for a modality outside the table
         validate_sspc_config(cfg)
         if num_anchors < 1:
             raise ConfigError(f"model.num_anchors: must be >= 1, got {num_anchors}")

@@ -30,12 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multisk.config import MODALITIES, ConfigError, ModelConfig, validate_model_config
+from multisk.config import ConfigError, ModelConfig, validate_model_config
 from multisk.errors import DataFormatError
 from multisk.models.anchors import AnchorHeads
 from multisk.models.davenet import DAVEnet, build_audio_encoder
 from multisk.models.fusion import FusionTransformer
 from multisk.models.layers import LAYER_NORM_EPS, AutocastLayerNorm, GatedEmbeddingUnit, masked_mean
+from multisk.modalities import MODALITY_SPECS, feature_dim
 
 # fused pairs of the everything_at_once variant, in output order; names are "a_b"
 MODALITY_PAIRS: Tuple[Tuple[str, str], ...] = (("text", "video"), ("text", "audio"), ("video", "audio"))
@@ -73,7 +74,10 @@ class MultiModalModel(nn.Module):
         validate_model_config(cfg)
         self.cfg = cfg
         self.variant = cfg.variant
-        self.modalities: Tuple[str, ...] = tuple(m for m in MODALITIES if m in cfg.modalities)
+        self.modalities: Tuple[str, ...] = tuple(m for m in MODALITY_SPECS if m in cfg.modalities)
+        spectrograms = [m for m in self.modalities if MODALITY_SPECS[m].encoder == "spectrogram"]
+        if spectrograms not in ([], ["audio"]):  # the DAVEnet reads model.audio_mels: audio's spectrogram only
+            raise ConfigError(f"model.modalities: only 'audio' can be a spectrogram input, got {spectrograms}")
         self.pairs: Tuple[Tuple[str, str], ...] = (
             tuple(p for p in MODALITY_PAIRS if p[0] in self.modalities and p[1] in self.modalities)
             if cfg.variant == "everything_at_once"
@@ -87,7 +91,8 @@ class MultiModalModel(nn.Module):
                                 recompute=cfg.recompute_audio_encoder)
             if "audio" in self.modalities else None
         )
-        feature_dims = {"text": cfg.text_dim, "video": cfg.video_dim}
+        # the width each token projection reads, from the modality table (model.<dim_key>)
+        feature_dims = {m: feature_dim(cfg, m) for m in self.modalities if MODALITY_SPECS[m].encoder == "tokens"}
         if self.audio_encoder is not None:
             feature_dims["audio"] = self.audio_encoder.out_dim
         self.token_projections = nn.ModuleDict({m: GatedEmbeddingUnit(feature_dims[m], dim) for m in self.modalities})
@@ -121,7 +126,7 @@ class MultiModalModel(nn.Module):
         self.input_residuals = (
             nn.ModuleDict({
                 m: nn.Sequential(nn.LayerNorm(feature_dims[m], eps=LAYER_NORM_EPS), nn.Linear(feature_dims[m], cfg.projection_dim))
-                for m in self.modalities if m != "audio"
+                for m in self.modalities if MODALITY_SPECS[m].encoder == "tokens"
             })
             if cfg.input_residual
             else None
@@ -190,7 +195,8 @@ class MultiModalModel(nn.Module):
                     raise DataFormatError(f"batch[{key!r}]: expected a tensor, got {type(batch[key]).__name__}")
             x, mask = batch[m], batch[f"{m}_mask"]
             assert isinstance(x, Tensor) and isinstance(mask, Tensor)
-            if m == "audio":
+            spec = MODALITY_SPECS[m]
+            if spec.encoder == "spectrogram":
                 if x.dim() != 3 or x.shape[1] != cfg.audio_mels:
                     raise DataFormatError(
                         f"batch['audio']: expected (B, {cfg.audio_mels}, F) log-mel frames "
@@ -198,11 +204,11 @@ class MultiModalModel(nn.Module):
                     )
                 expected_mask = (x.shape[0], x.shape[2])
             else:
-                expected_dim = cfg.text_dim if m == "text" else cfg.video_dim
+                expected_dim = feature_dim(cfg, m)
                 if x.dim() != 3 or x.shape[2] != expected_dim:
                     raise DataFormatError(
                         f"batch[{m!r}]: expected (B, L, {expected_dim}) features "
-                        f"({expected_dim} = model.{m}_dim), got shape {tuple(x.shape)}"
+                        f"({expected_dim} = model.{spec.dim_key}), got shape {tuple(x.shape)}"
                     )
                 expected_mask = (x.shape[0], x.shape[1])
             if tuple(mask.shape) != expected_mask:
@@ -242,7 +248,7 @@ class MultiModalModel(nn.Module):
         out: Dict[str, ModalityTokens] = {}
         for m in self.modalities:
             features, mask = batch[m], batch[f"{m}_mask"]
-            if m == "audio":
+            if MODALITY_SPECS[m].encoder == "spectrogram":
                 assert isinstance(self.audio_encoder, DAVEnet)
                 features, mask = self.audio_encoder(features, mask)
             out[m] = self.project_tokens(m, features, mask)
