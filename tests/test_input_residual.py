@@ -27,7 +27,7 @@ def test_residual_adds_a_linear_map_of_the_masked_mean_features():
     torch.manual_seed(0)
     with_residual = build_model(load_config(CONFIG, [*SMALL, "model.input_residual=true"]).model).eval()
     torch.manual_seed(0)
-    plain = build_model(load_config(CONFIG, SMALL).model).eval()
+    plain = build_model(load_config(CONFIG, [*SMALL, "model.input_residual=false"]).model).eval()
     missing, unexpected = plain.load_state_dict(with_residual.state_dict(), strict=False)
     assert not missing and all(k.startswith("input_residuals.") for k in unexpected)
     assert set(with_residual.input_residuals) == {"text", "video"}  # audio has no frozen input features
@@ -46,6 +46,9 @@ def test_residual_adds_a_linear_map_of_the_masked_mean_features():
     torch.testing.assert_close(got["audio"], base["audio"])
 
 
-def test_off_by_default():
-    model = build_model(load_config(CONFIG, SMALL).model)
+def test_off_unless_configured():
+    from multisk.config import ModelConfig
+
+    assert ModelConfig().input_residual is False  # the paper's model has no such path
+    model = build_model(load_config(CONFIG, [*SMALL, "model.input_residual=false"]).model)
     assert model.input_residuals is None
