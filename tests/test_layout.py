@@ -21,7 +21,6 @@ MAX_FUNCTION_LINES = 100
 DEFERRED_IMPORTS = {
     # matplotlib: only a run that writes figures needs it
     ("multisk/evaluate/run_figures.py", "multisk.evaluate.plot_primitives"),
-    ("multisk/train/trainer.py", "multisk.evaluate.run_figures"),
     # cycle: baselines scores with pipeline.caption_groups; the pipeline calls baselines only when asked
     # for structure preservation
     ("multisk/evaluate/pipeline.py", "multisk.evaluate.baselines"),
@@ -32,6 +31,7 @@ DEFERRED_IMPORTS = {
 # Imports of the project inside functions that the owners of these files have not moved yet (each is
 # free of cycles and cheap); listed so the test pins the count, to be emptied.
 NOT_YET_MOVED = {
+    ("multisk/train/trainer.py", "multisk.evaluate.run_figures"),  # run_figures defers matplotlib itself
     ("multisk/data/howto100m.py", "multisk.data.text"),
     ("multisk/data/howto100m.py", "multisk.data.word_vectors"),
 }

@@ -52,6 +52,7 @@ from multisk.errors import DataFormatError
 from multisk.evaluate.directions import evaluate_directions
 from multisk.evaluate.pipeline import caption_groups
 from multisk.metrics.structure import knn_jaccard
+from multisk.modalities import MODALITY_SPECS
 
 BASELINES = ("random", "linear_probe", "classname_bridge")
 RIDGE_LAMBDAS = (1.0, 10.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
@@ -143,7 +144,7 @@ def structure_preservation(dataset, joint: Mapping[str, Any], nonempty: Mapping[
     """
     result: Dict[str, Dict[str, float]] = {}
     store = dataset.store
-    for modality in ("text", "video", "audio"):
+    for modality in MODALITY_SPECS:  # every row of the modality table the model has
         name = dataset.modality_map.get(modality)
         if modality not in joint or name is None or name not in store.modalities:
             continue
