@@ -1,21 +1,22 @@
 """``multisk demo`` as a user types it, on a tiny prepared store with tiny model/schedule overrides."""
 
 import json
+import os
 import subprocess
 import sys
-from pathlib import Path
 
 from synthetic_store import tiny_overrides, write_synthetic_store
 
 
 def test_demo_command_trains_both_runs_and_reports_baselines_and_structure(tmp_path):
-    store = write_synthetic_store(tmp_path / "store", n_train=64, n_test=32)
+    store = write_synthetic_store(tmp_path / "store")
     out = tmp_path / "demo"
-    overrides = [kv for kv in tiny_overrides(store, out) if not kv.startswith(("data.root", "train.output_dir"))]
+    overrides = [kv for kv in tiny_overrides(store, out, **{"train.epochs": 1})
+                 if not kv.startswith(("data.root", "train.output_dir"))]
     result = subprocess.run(
         [sys.executable, "-m", "multisk.cli", "demo", "--data", str(store), "--out", str(out), "--no-progress",
          *overrides],
-        capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     printed = result.stdout
     assert "using the prepared benchmark" in printed
