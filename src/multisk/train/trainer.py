@@ -40,6 +40,7 @@ from multisk.config import Config, ConfigError, config_to_dict, config_to_yaml
 from multisk.evaluate.pipeline import evaluate_model
 from multisk.losses import TrainingObjective
 from multisk.models import build_model
+from multisk.sinkhorn.precision import configure_model_math
 from multisk.train.datasets_for_config import build_eval_datasets, build_train_dataset, collate_fn_for, loader_options
 from multisk.train.process_group import (
     DistributedContext,
@@ -159,6 +160,8 @@ def _build_run(cfg: Config, ctx: DistributedContext, resume: Optional[str]) -> R
     seed_everything(cfg.train.seed)
     dataset = build_train_dataset(cfg)
     per_rank = _per_rank_batch_size(cfg, ctx)
+    if device.type == "cuda":  # cudnn.benchmark; TF32 for the model only in fp32 runs (never the losses)
+        configure_model_math(cfg.train.precision)
     model = build_model(cfg.model).to(device)
     if not cfg.loss.sspc.enabled:
         # the anchors only feed SSPC: without it they get no gradient, which DDP rejects at the second
