@@ -93,6 +93,14 @@ def test_missing_modality_needs_dims_and_is_empty(tmp_path):
     assert ds.collate_fn([ds[0], ds[1]])["audio_mask"].sum() == 0
 
 
+def test_a_remapped_modality_the_store_lacks_is_an_error_even_with_dims(tmp_path):
+    # data.modality_map.text=text_minilm on a store without text_minilm must not train on masking tokens
+    write_store(tmp_path)
+    with pytest.raises(FeatureStoreError, match="no modality 'text_minilm' for model modality 'text'"):
+        FeatureStoreDataset(tmp_path, "train", {"text": "text_minilm", "video": "video", "audio": "audio"},
+                            dims={"text": 384, "video": 10, "audio": 4})
+
+
 def test_resumable_batch_sampler_ranks_join_to_the_global_batch_and_resume_exactly(tmp_path):
     from multisk.config import ConfigError
     from multisk.train.sampling import ResumableBatchSampler

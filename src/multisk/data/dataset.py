@@ -250,7 +250,10 @@ class FeatureStoreDataset(Dataset):
                 self.dims[modality] = store_dims[name]
             else:
                 self._source[modality] = None
-                if dims is None or modality not in dims:
+                # an explicit remapping (e.g. text -> text_minilm) to a modality the store lacks is a
+                # mistake, not an absent modality: training on it would silently see only masking tokens
+                remapped = name is not None and name != modality
+                if remapped or dims is None or modality not in dims:
                     have = ", ".join(sorted(store_dims))
                     raise FeatureStoreError(
                         f"{self.store.root / 'manifest.json'}: split {split!r} has no modality "
