@@ -107,7 +107,8 @@ def write_store(root: Path, n_train: int = 48, n_test: int = 16, seed: int = 0) 
 
 def store_overrides(store: Path, out: Path, device: str, **extra: Any) -> List[str]:
     values = {
-        "data.root": str(store), "data.eval_splits": "[test]", "data.max_audio_frames": 128,
+        "data.root": str(store), "data.modality_map.text": "text", "data.eval_splits": "[test]",
+        "data.max_audio_frames": 128,
         "data.max_video_tokens": 3, "model.text_dim": TEXT_DIM, "model.video_dim": VIDEO_DIM,
         "model.embed_dim": 32, "model.num_heads": 4, "model.projection_dim": 24, "model.num_anchors": 8,
         "model.audio_width_divisor": 32, "loss.sspc.queue_size": 16, "train.batch_size": 8, "train.epochs": 2,

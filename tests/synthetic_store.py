@@ -63,7 +63,7 @@ def write_synthetic_store(root: Path, n_train: int = 48, n_test: int = 24, seed:
 def tiny_overrides(root: Path, out: Path, **extra) -> list[str]:
     """key=value overrides turning configs/demo.yaml into a seconds-long CPU run on the synthetic store."""
     values = {
-        "data.root": str(root), "data.eval_splits": "[test]", "data.max_audio_frames": 128,
+        "data.root": str(root), "data.modality_map.text": "text", "data.eval_splits": "[test]", "data.max_audio_frames": 128,
         "data.max_video_tokens": 3,
         "model.text_dim": TEXT_DIM, "model.video_dim": VIDEO_DIM, "model.embed_dim": 32, "model.num_heads": 4,
         "model.projection_dim": 24, "model.num_anchors": 8, "model.audio_width_divisor": 32,

@@ -65,6 +65,7 @@ def field_run(tmp_path_factory):
         f"data.howto_audio_path={howto['audio']}", f"data.howto_caption_path={howto['captions']}",
         f"data.word_vectors={vectors}", "data.clips_per_video=2", "data.max_video_tokens=12",
         "data.max_audio_frames=768", f"data.root={store}", "data.eval_splits=[msrvtt_test]",
+        "data.modality_map.text=text",
         "model.text_dim=8", "model.video_dim=4096", "model.embed_dim=16", "model.num_heads=2",
         "model.projection_dim=16", "model.num_anchors=4", "model.audio_width_divisor=64",
         "loss.sspc.queue_size=8", "train.batch_size=2", "train.epochs=2", "train.log_every=1",

@@ -72,6 +72,7 @@ def howto_overrides(fx: dict, vectors: Path, dim: int, out: Path, **extra) -> li
         "data.train_format": "howto100m", "data.howto_csv": fx["csv"], "data.howto_features_path": fx["features"],
         "data.howto_audio_path": fx["audio"], "data.howto_caption_path": fx["captions"],
         "data.word_vectors": vectors, "data.eval_splits": "[]", "data.max_video_tokens": 12,
+        "data.modality_map.text": "text",
         "data.max_audio_frames": 768, "model.text_dim": dim, "model.video_dim": 4096, "model.embed_dim": 32,
         "model.num_heads": 4, "model.projection_dim": 24, "model.num_anchors": 8, "model.audio_width_divisor": 32,
         "loss.sspc.queue_size": 8, "loss.sspc.warmup": "none", "train.log_every": 1, "train.output_dir": out,
