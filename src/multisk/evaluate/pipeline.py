@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -12,12 +11,7 @@ from torch.utils.data import DataLoader
 from multisk.data.dataset import collate_batch
 from multisk.evaluate.directions import ALL_DIRECTIONS, evaluate_directions
 from multisk.evaluate.inputs import dataset_inputs, empty_modalities_mode
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+from multisk.sinkhorn.precision import autocast_context
 
 
 @torch.no_grad()
@@ -45,7 +39,7 @@ def embed_dataset(
 
     for batch in loader:
         batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        with _autocast(device, precision):
+        with autocast_context(device, precision):
             out = model(batch)
         for name, emb in out["joint_normalized"].items():
             add(parts["joint"], name, emb)

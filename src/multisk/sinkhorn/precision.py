@@ -16,11 +16,21 @@ legacy ``allow_tf32`` flags after the new API has been used raises there), else 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-__all__ = ["autocast_disabled", "configure_model_math", "exact_float32", "set_model_tf32", "tf32_flags"]
+__all__ = ["AUTOCAST_DTYPES", "autocast_context", "autocast_disabled", "configure_model_math", "exact_float32", "set_model_tf32", "tf32_flags"]
+
+
+# run precision ("fp32" / "bf16" / "fp16") -> the autocast dtype (None: no autocast)
+AUTOCAST_DTYPES: Dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for bf16 / fp16 (training and evaluation forwards), nothing for fp32."""
+    dtype = AUTOCAST_DTYPES[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:

@@ -26,7 +26,6 @@ optimizer is fused, as it is on CUDA.)
 from __future__ import annotations
 
 from collections import deque
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
@@ -35,8 +34,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from multisk.config import TrainConfig
-
-AUTOCAST_DTYPES: Dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from multisk.sinkhorn.precision import AUTOCAST_DTYPES, autocast_context  # re-exported: part of the step API
 
 
 @dataclass
@@ -59,12 +57,6 @@ class StepOutput:
     losses: Dict[str, Tensor]
     finite: Tensor
     applied: bool
-
-
-def autocast_context(device: torch.device, precision: str):
-    """``torch.autocast`` for bf16 / fp16, nothing for fp32."""
-    dtype = AUTOCAST_DTYPES[precision]
-    return nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def make_grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
