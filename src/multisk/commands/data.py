@@ -14,7 +14,17 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from typing import Any, Dict
+
+
+class _DeprecatedFlag(argparse.Action):
+    """An old spelling of a store-true flag: sets the new flag's value and says so on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        new = "--" + self.dest.replace("_", "-")
+        print(f"note: {option_string} is deprecated; use {new} (same meaning)", file=sys.stderr)
+        setattr(namespace, self.dest, True)
 
 
 def register(subparsers: Any) -> None:
@@ -72,8 +82,11 @@ def register(subparsers: Any) -> None:
     howto.add_argument("--clips-per-video", type=int, default=1)
     howto.add_argument("--clip-seconds", type=float, default=8.0)
     howto.add_argument("--seed", type=int, default=0)
-    howto.add_argument("--audio-offset-quirk", action="store_true",
-                       help="start audio clip_seconds/2 into the span, as the reference does")
+    howto.add_argument("--text-audio-misaligned", action="store_true",
+                       help="take each clip's audio window clip_seconds/2 after its text span starts, as the "
+                            "reference's pre-training deliberately does (docs/data.md)")
+    howto.add_argument("--audio-offset-quirk", action=_DeprecatedFlag, dest="text_audio_misaligned", nargs=0,
+                       help="deprecated spelling of --text-audio-misaligned")
     convert.set_defaults(func=_convert)
 
     info = actions.add_parser("info", help="print a feature store's manifest summary")
@@ -146,7 +159,8 @@ def _convert(args: argparse.Namespace) -> int:
     if args.kind == "howto100m":
         opts.update(features_path=args.features_path, audio_path=args.audio_path, caption_path=args.caption_path,
                     max_videos=args.max_videos, max_clips=args.max_clips, clips_per_video=args.clips_per_video,
-                    clip_seconds=args.clip_seconds, seed=args.seed, audio_offset_quirk=args.audio_offset_quirk)
+                    clip_seconds=args.clip_seconds, seed=args.seed,
+                    text_audio_misaligned=args.text_audio_misaligned)
         if args.features_path_3d:
             opts["features_path_3d"] = args.features_path_3d
     else:

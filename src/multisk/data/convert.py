@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -62,7 +63,8 @@ def convert_dataset(
         kind: ``"msrvtt"`` (input: the pickle), ``"youcook2"`` (input: the pickle) or ``"howto100m"``
             (input: the CSV; ``opts`` must give ``features_path``, ``audio_path``, ``caption_path`` and may
             give ``max_videos``, ``max_clips``, ``clips_per_video``, ``clip_seconds``, ``seed``,
-            ``audio_offset_quirk``, ``features_path_3d``).
+            ``text_audio_misaligned``, ``features_path_3d``; ``audio_offset_quirk`` is the deprecated
+            old name of ``text_audio_misaligned``).
         word_vectors: spec for :func:`multisk.data.word_vectors.load_word_vectors`.
         split: split name (default ``test`` for the pickles, ``train`` for HowTo100M).
         skip_bad: leave bad items out and write ``OUT/<split>.skipped.json`` instead of raising.
@@ -142,10 +144,16 @@ def _convert_howto100m(csv, out_root, split, kv, skip_bad, max_words, lowercase,
     if missing:
         raise DataFormatError(f"convert howto100m: missing option(s) {', '.join(missing)}")
     allowed = set(required) | {"max_videos", "max_clips", "clips_per_video", "clip_seconds", "seed",
-                               "audio_offset_quirk", "features_path_3d", "max_video_tokens", "max_audio_frames"}
+                               "text_audio_misaligned", "audio_offset_quirk", "features_path_3d",
+                               "max_video_tokens", "max_audio_frames"}
     unknown = set(opts) - allowed
     if unknown:
         raise DataFormatError(f"convert howto100m: unknown option(s) {sorted(unknown)} (known: {', '.join(sorted(allowed))})")
+    if "audio_offset_quirk" in opts:
+        warnings.warn("convert howto100m: option 'audio_offset_quirk' is deprecated; use 'text_audio_misaligned' "
+                      "(same meaning)", DeprecationWarning, stacklevel=3)
+        if "text_audio_misaligned" not in opts:
+            opts = {**opts, "text_audio_misaligned": opts["audio_offset_quirk"]}
     max_videos = opts.get("max_videos")
     max_clips = opts.get("max_clips")
     dataset = HowTo100MDataset(
@@ -156,7 +164,7 @@ def _convert_howto100m(csv, out_root, split, kv, skip_bad, max_words, lowercase,
         max_video_tokens=int(opts.get("max_video_tokens", 12)),
         max_audio_frames=int(opts.get("max_audio_frames", 768)),
         features_path_3d=opts.get("features_path_3d"),
-        audio_offset_quirk=bool(opts.get("audio_offset_quirk", False)),
+        text_audio_misaligned=bool(opts.get("text_audio_misaligned", False)),
         lowercase=lowercase,
         seed=int(opts.get("seed", 0)),
     )
@@ -190,7 +198,7 @@ def _convert_howto100m(csv, out_root, split, kv, skip_bad, max_words, lowercase,
             videos=n_videos,
             clips_per_video=dataset.clips_per_video,
             seed=dataset.seed,
-            audio_offset_quirk=dataset.audio_offset_quirk,
+            text_audio_misaligned=dataset.text_audio_misaligned,
             skipped_bad=len(bad),
         )
         info = writer.close()

@@ -565,7 +565,8 @@ class HowTo100MDataset:
         max_words / max_video_tokens / max_audio_frames: crop lengths (first words / first time steps /
             first frames of the span, as the reference); 20 / 12 / 768 for 8 s clips.
         text_audio_misaligned: audio window ``clip_seconds / 2`` after the span start, ``clip_seconds``
-            long (module docstring; the paper's pre-training). ``audio_offset_quirk`` is its old name.
+            long (module docstring; the paper's pre-training). ``audio_offset_quirk`` is its deprecated old
+            name (still accepted, with a ``DeprecationWarning``).
         lowercase: lower-case words before the vocabulary look-up (GloVe); default: True only for the
             packaged GloVe.
         scan_files: check every video's files when built (``stat`` only) and warn with the counts of
@@ -628,6 +629,8 @@ class HowTo100MDataset:
         self.clip_seconds = float(clip_seconds)
         self.max_tokens = {"text": int(max_words), "video": int(max_video_tokens), "audio": int(max_audio_frames)}
         if audio_offset_quirk is not None:
+            warnings.warn("HowTo100MDataset: keyword 'audio_offset_quirk' is deprecated; use 'text_audio_misaligned' "
+                          "(same meaning)", DeprecationWarning, stacklevel=2)
             text_audio_misaligned = bool(audio_offset_quirk)
         self.text_audio_misaligned = bool(text_audio_misaligned)
         self.video_dtype = video_dtype
@@ -646,7 +649,9 @@ class HowTo100MDataset:
 
     @property
     def audio_offset_quirk(self) -> bool:
-        """Old name of :attr:`text_audio_misaligned` (read by callers written before the rename)."""
+        """Deprecated old name of :attr:`text_audio_misaligned` (read by callers written before the rename)."""
+        warnings.warn("HowTo100MDataset.audio_offset_quirk is deprecated; use text_audio_misaligned",
+                      DeprecationWarning, stacklevel=2)
         return self.text_audio_misaligned
 
     def video_id(self, index: int) -> str:
