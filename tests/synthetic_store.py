@@ -25,10 +25,12 @@ def write_word_vectors(path: Path, rng: np.random.Generator) -> dict[str, np.nda
 
 
 def write_synthetic_store(root: Path, n_train: int = 48, n_test: int = 24, seed: int = 0,
-                          minilm_dim: int = 0) -> Path:
+                          minilm_dim: int = 0, extra_dims: dict[str, int] | None = None) -> Path:
     """``minilm_dim > 0`` adds a second text modality ``text_minilm`` (3 class-dependent tokens of that
     size per item, as a sentence encoder's token states would be), drawn from its own generator so the
-    other modalities do not change."""
+    other modalities do not change. ``extra_dims`` (name -> width, e.g. ``{"flow": 24}``) adds further
+    class-dependent token modalities, item i with ``2 + i % 7`` tokens (so budgets crop some), every
+    fifth item without it; each from its own generator, so the other modalities do not change either."""
     from multisk.data.text import encode_text
     from multisk.data.word_vectors import load_word_vectors
 
@@ -45,6 +47,10 @@ def write_synthetic_store(root: Path, n_train: int = 48, n_test: int = 24, seed:
     modalities = {"text": TEXT_DIM, "video": VIDEO_DIM, "audio": N_MELS}
     if minilm_dim:
         modalities["text_minilm"] = minilm_dim
+    extra_dims = dict(extra_dims or {})
+    extra_rngs = {name: np.random.default_rng([seed, 2, k]) for k, name in enumerate(extra_dims)}
+    extra_bases = {name: extra_rngs[name].standard_normal((len(CLASSES), d)) for name, d in extra_dims.items()}
+    modalities.update(extra_dims)
     for split, count in (("train", n_train), ("test", n_test)):
         with FeatureStoreWriter(root, split, modalities, metadata={"text_encoder": encoder}) as w:
             for i in range(count):
@@ -56,6 +62,9 @@ def write_synthetic_store(root: Path, n_train: int = 48, n_test: int = 24, seed:
                 tokens = {"text": text, "video": video, "audio": audio}
                 if minilm_dim:
                     tokens["text_minilm"] = minilm_basis[c] + 0.3 * minilm_rng.standard_normal((3, minilm_dim))
+                for name, d in extra_dims.items():
+                    noise = 0.3 * extra_rngs[name].standard_normal((2 + i % 7, d))
+                    tokens[name] = None if i % 5 == 4 else extra_bases[name][c] + noise
                 w.add(f"{split}-{i}", tokens, caption=caption, category=CLASSES[c])
     return root
 

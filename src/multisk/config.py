@@ -17,7 +17,19 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from multisk.errors import ConfigError  # defined in the leaf module, re-exported here
-from multisk.modalities import MODALITIES, modality_spec  # the modality table (name, dims, budget, crop, encoder)
+from multisk.modalities import MODALITIES, modality_spec, modality_table  # the modality table (name, dims, budget, crop, encoder)
+
+
+@dataclass
+class ModalityRowConfig:
+    """One further modality declared in configuration (``model.modality_specs.<name>``), a row of the
+    modality table (multisk.modalities) beside the built-in text / video / audio."""
+
+    letter: str = MISSING  # its letter in retrieval directions (t2f); one lowercase letter, not t / v / a
+    dim: int = MISSING  # feature width of its (L, dim) token features
+    max_tokens: int = MISSING  # the most tokens one item feeds (training crop and padded length)
+    crop: str = "center"  # "start" | "center": which part of a longer sequence a training item keeps
+    encoder: str = "tokens"  # configured rows are token features read by a token projection
 
 
 @dataclass
@@ -28,6 +40,9 @@ class ModelConfig:
     # "everything_at_once": one shared transformer that also encodes the pairs tv, ta, va.
     variant: str = "per_modality"
     modalities: List[str] = field(default_factory=lambda: list(MODALITIES))
+    # further modalities beyond text / video / audio, name -> row (each may then appear in modalities,
+    # data.modality_map and the loss weights); see multisk.modalities and docs/architecture.md
+    modality_specs: Dict[str, ModalityRowConfig] = field(default_factory=dict)
     text_dim: int = 300  # word-vector size
     video_dim: int = 4096  # 2D (2048) + 3D (2048) features per time step
     audio_mels: int = 40
@@ -236,8 +251,9 @@ def validate_model_config(m: ModelConfig) -> None:
     if not m.modalities:
         raise ConfigError("model.modalities: at least one modality is required")
     check_choice("model.variant", m.variant, MODEL_VARIANTS)
+    table = modality_table(m)  # validates model.modality_specs
     for name in m.modalities:
-        modality_spec(name, "model.modalities")
+        modality_spec(name, "model.modalities", table)
     check_choice("model.audio_encoder", m.audio_encoder, AUDIO_ENCODER_NAMES)
     if m.embed_dim % m.num_heads:
         raise ConfigError(f"model.num_heads: {m.num_heads} does not divide model.embed_dim {m.embed_dim}")
@@ -313,7 +329,7 @@ def config_from_dict(data: Dict[str, Any]) -> Config:
 
 
 __all__ = [
-    "MODALITIES", "MISSING", "Config", "ConfigError", "ContrastiveConfig", "DataConfig", "LossConfig",
+    "MODALITIES", "MISSING", "Config", "ConfigError", "ContrastiveConfig", "DataConfig", "LossConfig", "ModalityRowConfig",
     "ModelConfig", "SSPCConfig", "TrainConfig", "config_from_dict", "config_to_dict", "config_to_yaml",
     "load_config", "validate_model_config", "AUDIO_ENCODER_NAMES", "CONTRASTIVE_KINDS", "MODEL_VARIANTS",
     "SSPC_COSTS", "SSPC_SOLVERS", "SSPC_WARMUPS", "check_choice", "check_registry", "validate_loss_config",

@@ -6,6 +6,8 @@ Per-item dict (what every multisk dataset's ``__getitem__`` returns, before coll
     {"text":  FloatTensor (Lt_i, Dt),      word-vector tokens (Lt_i may be 0)
      "video": FloatTensor (Lv_i, Dv),      per-time-step features (Lv_i may be 0)
      "audio": FloatTensor (F_i, n_mels),   spectrogram frames, time first as stored (F_i may be 0)
+     <row>:   FloatTensor (L_i, dim)       one field per further row of the run's modality table
+                                           (model.modality_specs; cropped by its rule)
      "index": int,                         position in the dataset
      "id":    str}
 
@@ -40,9 +42,9 @@ import torch
 from torch.utils.data import Dataset
 
 from multisk.data.feature_store import FeatureStore, FeatureStoreError
-from multisk.modalities import MODALITIES, MODALITY_SPECS
+from multisk.modalities import MODALITIES, MODALITY_SPECS, ModalityTable
 
-MODALITY_ORDER = MODALITIES  # the built-in rows; the loops below read the table itself (multisk.modalities)
+MODALITY_ORDER = MODALITIES  # the built-in rows; the loops below read the table they are given (multisk.modalities)
 CROP_MODES = ("center", "start", "even")
 TRANSPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -73,7 +75,7 @@ def batch_nbytes(
     """
     dtypes = dtypes or {}
     total = 0
-    for modality in MODALITY_SPECS:
+    for modality in max_tokens:  # every modality of the batch (the rows of the run's modality table)
         length, dim = int(max_tokens[modality]), int(dims[modality])
         itemsize = torch.tensor([], dtype=resolve_dtype(dtypes.get(modality))).element_size()
         total += batch_items * length * (dim * itemsize + 4)
@@ -133,6 +135,7 @@ def collate_batch(
     items: Sequence[Mapping[str, Any]],
     pad_to: Optional[Mapping[str, int]] = None,
     dtypes: Optional[Mapping[str, Any]] = None,
+    table: Optional[ModalityTable] = None,
 ) -> Dict[str, Any]:
     """Stack per-item dicts into the batch dict of docs/architecture.md.
 
@@ -143,6 +146,8 @@ def collate_batch(
             well-formed, fully masked tensor). Fixed lengths keep shapes static across steps.
         dtypes: modality -> dtype of its values (``"float16"`` / ``torch.float16``; default float32).
             Masks are always float32.
+        table: the modality table whose rows the items carry (default: the built-in rows,
+            :data:`multisk.modalities.MODALITY_SPECS`); a ``spectrogram`` row is transposed to (B, dim, F).
 
     Returns:
         ``text`` (B, Lt, Dt), ``text_mask`` (B, Lt), ``video`` (B, Lv, Dv), ``video_mask`` (B, Lv),
@@ -158,7 +163,8 @@ def collate_batch(
     dtypes = dict(dtypes or {})
     batch: Dict[str, Any] = {}
     size = len(items)
-    for modality in MODALITY_SPECS:
+    table = MODALITY_SPECS if table is None else table
+    for modality in table:
         arrays = [torch.as_tensor(item[modality]) for item in items]
         dims = {a.shape[1] for a in arrays}
         if len(dims) != 1 or any(a.ndim != 2 for a in arrays):
@@ -179,7 +185,7 @@ def collate_batch(
             if n:
                 values[b, :n] = array.to(dtype)
                 mask[b, :n] = 1.0
-        if MODALITY_SPECS[modality].encoder == "spectrogram":
+        if table[modality].encoder == "spectrogram":
             values = values.transpose(1, 2).contiguous()  # (B, F, n_mels) -> (B, n_mels, F)
         batch[modality] = values
         batch[f"{modality}_mask"] = mask
@@ -202,6 +208,8 @@ class FeatureStoreDataset(Dataset):
         dims: model modality -> feature size, required only for modalities absent from the store.
         video_crop / audio_crop: crop modes (module docstring).
         video_dtype: dtype of the collated ``video`` in :attr:`collate_fn` (None = float32).
+        table: the modality table (:func:`multisk.modalities.modality_table` of the model config;
+            default the built-in rows): every row is an item field, cropped by the row's rule.
 
     Attributes:
         ids, captions, categories: per-item lists from ``items.jsonl`` (None where absent), used by
@@ -220,17 +228,21 @@ class FeatureStoreDataset(Dataset):
         video_crop: str = "center",
         audio_crop: str = "center",
         video_dtype: Any = None,
+        table: Optional[ModalityTable] = None,
     ) -> None:
         self.store = FeatureStore(root, split)
         self.video_dtype = video_dtype
-        self.modality_map = dict(modality_map) if modality_map is not None else {m: m for m in MODALITY_SPECS}
-        unknown = set(self.modality_map) - set(MODALITY_SPECS)
+        self.modality_table = dict(MODALITY_SPECS if table is None else table)
+        rows = self.modality_table
+        self.modality_map = dict(modality_map) if modality_map is not None else {m: m for m in rows}
+        unknown = set(self.modality_map) - set(rows)
         if unknown:
             raise FeatureStoreError(f"modality_map: unknown model modality {sorted(unknown)} "
-                                    f"(known: {', '.join(MODALITY_SPECS)})")
+                                    f"(known: {', '.join(rows)})")
         default_max = {"text": 20, "video": 12, "audio": 768}
-        self.max_tokens = {**default_max, **dict(max_tokens or {})}
-        unbudgeted = [m for m in MODALITY_SPECS if m not in self.max_tokens]
+        self.max_tokens = {**default_max, **{m: s.max_tokens for m, s in rows.items() if s.max_tokens is not None},
+                           **dict(max_tokens or {})}
+        unbudgeted = [m for m in rows if m not in self.max_tokens]
         if unbudgeted:
             raise FeatureStoreError(f"max_tokens: no token budget for modality {unbudgeted}")
         for mode, name in ((video_crop, "video_crop"), (audio_crop, "audio_crop")):
@@ -243,7 +255,7 @@ class FeatureStoreDataset(Dataset):
         store_dims = self.store.modalities
         self.dims: Dict[str, int] = {}
         self._source: Dict[str, Optional[str]] = {}
-        for modality in MODALITY_SPECS:
+        for modality in rows:
             name = self.modality_map.get(modality)
             if name is not None and name in store_dims:
                 self._source[modality] = name
@@ -299,7 +311,7 @@ class FeatureStoreDataset(Dataset):
             index = int(self.text_source[index])  # shuffle_captions moved this item's caption
         tokens = self.store.tokens(name, index)
         # video / audio crops are settable (evaluation windows crop from the start); others: the table's rule
-        mode = {"video": self.video_crop, "audio": self.audio_crop}.get(modality, MODALITY_SPECS[modality].crop)
+        mode = {"video": self.video_crop, "audio": self.audio_crop}.get(modality, self.modality_table[modality].crop)
         # a copy: the memory map is read-only and torch tensors must own writable memory
         return np.array(crop_tokens(tokens, self.max_tokens[modality], mode), dtype=np.float32)
 
@@ -307,7 +319,7 @@ class FeatureStoreDataset(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         index = int(index) % len(self)
-        item: Dict[str, Any] = {m: torch.from_numpy(self._tokens(m, index)) for m in MODALITY_SPECS}
+        item: Dict[str, Any] = {m: torch.from_numpy(self._tokens(m, index)) for m in self.modality_table}
         item["index"] = index
         item["id"] = self.ids[index]
         return item
@@ -316,7 +328,7 @@ class FeatureStoreDataset(Dataset):
     def collate_fn(self) -> Callable[[Sequence[Mapping[str, Any]]], Dict[str, Any]]:
         """:func:`collate_batch` padding to the fixed ``max_tokens`` lengths (static shapes)."""
         dtypes = {"video": self.video_dtype} if self.video_dtype is not None else None
-        return partial(collate_batch, pad_to=dict(self.max_tokens), dtypes=dtypes)
+        return partial(collate_batch, pad_to=dict(self.max_tokens), dtypes=dtypes, table=self.modality_table)
 
 
 __all__ = [

@@ -11,19 +11,21 @@ from typing import Dict
 
 from multisk.config import Config, ConfigError
 from multisk.data.dataset import FeatureStoreDataset
-from multisk.modalities import MODALITY_SPECS, feature_dim, token_budget
+from multisk.modalities import feature_dim, modality_table, token_budget
 
 
 def token_budgets(cfg: Config) -> Dict[str, int]:
-    """Modality → the most tokens (audio: spectrogram frames) one item feeds the model
-    (``data.<budget_key>`` of every row of the modality table)."""
-    return {m: token_budget(cfg.data, m) for m in MODALITY_SPECS}
+    """Modality → the most tokens (audio: spectrogram frames) one item feeds the model, for every row
+    of the config's modality table (``data.<budget_key>`` or a configured row's ``max_tokens``)."""
+    table = modality_table(cfg.model)
+    return {m: token_budget(cfg.data, m, table) for m in table}
 
 
 def feature_dims(cfg: Config) -> Dict[str, int]:
-    """Modality → the feature width the model's input projection expects (audio: mel bins;
-    ``model.<dim_key>`` of every row of the modality table)."""
-    return {m: feature_dim(cfg.model, m) for m in MODALITY_SPECS}
+    """Modality → the feature width the model's input projection expects (audio: mel bins), for every
+    row of the config's modality table (``model.<dim_key>`` or a configured row's ``dim``)."""
+    table = modality_table(cfg.model)
+    return {m: feature_dim(cfg.model, m, table) for m in table}
 
 
 def store_modalities(cfg: Config) -> Dict[str, str]:
@@ -36,7 +38,8 @@ def store_modalities(cfg: Config) -> Dict[str, str]:
 
 def store_dataset(cfg: Config, root: str, split: str) -> FeatureStoreDataset:
     """One split of a feature store as the model of ``cfg`` expects it (modality map, crops, dims)."""
-    return FeatureStoreDataset(root, split, store_modalities(cfg), token_budgets(cfg), dims=feature_dims(cfg))
+    return FeatureStoreDataset(root, split, store_modalities(cfg), token_budgets(cfg), dims=feature_dims(cfg),
+                               table=modality_table(cfg.model))
 
 
 __all__ = ["feature_dims", "store_dataset", "store_modalities", "token_budgets"]

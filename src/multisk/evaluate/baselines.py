@@ -144,7 +144,8 @@ def structure_preservation(dataset, joint: Mapping[str, Any], nonempty: Mapping[
     """
     result: Dict[str, Dict[str, float]] = {}
     store = dataset.store
-    for modality in MODALITY_SPECS:  # every row of the modality table the model has
+    # every row of the dataset's modality table (built-in rows and model.modality_specs) the model has
+    for modality in getattr(dataset, "modality_table", MODALITY_SPECS):
         name = dataset.modality_map.get(modality)
         if modality not in joint or name is None or name not in store.modalities:
             continue
@@ -220,7 +221,8 @@ def _score(
 
 
 def _direction_modalities(direction: str) -> Tuple[str, ...]:
-    letters = {"t": "text", "v": "video", "a": "audio"}
+    # the baselines score the built-in modalities of a store (their letters in the modality table)
+    letters = {spec.letter: name for name, spec in MODALITY_SPECS.items()}
     return tuple(letters[c] for c in direction.replace("2", ""))
 
 

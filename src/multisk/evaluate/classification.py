@@ -1,14 +1,16 @@
 """Zero-shot classification from class names: name → the store's text encoder → the model's text branch
 → nearest class by cosine to each item's embedding (SPEC §6 asks us to design it).
 
-Every input the split allows is classified: ``video`` (pictures), ``audio`` and ``video+audio`` (late
-fusion, SPEC §1), each over the items that have a category and that input. What cannot be classified is
+Every input the split allows is classified: each non-text modality of the model's modality table
+(``video`` (pictures), ``audio``, a configured row such as ``flow``), then the late fusion (SPEC §1) of
+each two of them (``video+audio``), each over the items that have a category and that input. What cannot be classified is
 reported with the reason (no categories, no item with pictures, no recorded text encoder, ...), never
 raised: a split without pictures still gets its audio classified.
 """
 
 from __future__ import annotations
 
+from itertools import combinations
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
@@ -16,8 +18,17 @@ import torch
 from multisk.errors import DataFormatError
 from multisk.evaluate.text_queries import embed_texts, query_encoder_spec
 from multisk.metrics.classification import zero_shot_classification
+from multisk.modalities import MODALITY_SPECS, ModalityTable
 
-CLASSIFIED_INPUTS = ("video", "audio", "video+audio")
+
+def classified_inputs(table: ModalityTable = MODALITY_SPECS) -> Tuple[str, ...]:
+    """What class names (text) are matched against: every other modality of ``table`` in table order,
+    then each two of them fused late (``"a+b"``)."""
+    singles = [m for m in table if m != "text"]
+    return tuple(singles) + tuple(f"{a}+{b}" for a, b in combinations(singles, 2))
+
+
+CLASSIFIED_INPUTS = classified_inputs()  # over the built-in rows: video, audio, video+audio
 
 
 def text_encoder_spec(manifest: Mapping[str, Any], split: str, store_text_modality: str = "text") -> Optional[Dict[str, Any]]:
@@ -38,7 +49,8 @@ def classify_by_category(model, dataset, embeddings: Mapping[str, Any], manifest
                          device, word_vectors: Optional[str] = None) -> Tuple[Dict[str, Any], Dict[str, str]]:
     """Top-1 / top-5 accuracy of every classifiable input against the split's category names.
 
-    Returns ``(results, skipped)``: input name (``video``, ``audio``, ``video+audio``) -> metrics of
+    Returns ``(results, skipped)``: input name (:func:`classified_inputs` of the model's modality table:
+    ``video``, ``audio``, ``video+audio`` and those of configured rows) -> metrics of
     :func:`multisk.metrics.zero_shot_classification` plus ``classes`` and ``classes_without_tokens``;
     and input name (or ``"all"``) -> the reason it was not classified.
     """
@@ -58,7 +70,7 @@ def classify_by_category(model, dataset, embeddings: Mapping[str, Any], manifest
     has_category = torch.tensor([c is not None for c in categories])
     labels = torch.tensor([names.index(c) if c else -1 for c in categories])
     class_emb = None
-    for name in CLASSIFIED_INPUTS:
+    for name in classified_inputs(getattr(model, "modality_table", MODALITY_SPECS)):
         parts = name.split("+")
         if any(p not in embeddings["joint"] for p in parts):
             skipped[name] = f"the model has no {' / '.join(p for p in parts if p not in embeddings['joint'])} branch"
@@ -82,4 +94,4 @@ def classify_by_category(model, dataset, embeddings: Mapping[str, Any], manifest
     return results, skipped
 
 
-__all__ = ["CLASSIFIED_INPUTS", "classify_by_category", "text_encoder_spec"]
+__all__ = ["CLASSIFIED_INPUTS", "classified_inputs", "classify_by_category", "text_encoder_spec"]

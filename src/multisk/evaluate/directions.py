@@ -3,7 +3,9 @@
 Names. Embeddings come as a dict ``name -> (N, E)`` where row i of every matrix is item i. Single
 modalities are ``"text"``, ``"video"``, ``"audio"``; embeddings the model itself computes for a pair
 (``everything_at_once``) are ``"text_video"``, ``"text_audio"``, ``"video_audio"`` (either order).
-Direction labels use t / v / a:
+Direction labels use the letters of the modality table (t / v / a; a row of ``model.modality_specs``
+brings its own, e.g. ``f`` for flow: ``t2f f2t``, single → single only; pass the model's
+``modality_table`` as ``table``):
 
 * single → single: ``t2v v2t t2a a2t v2a a2v``
 * late fusion (always available when the single modalities are): ``t2v+a v+a2t v2t+a t+a2v a2t+v
@@ -30,14 +32,14 @@ correct answers for each other (see :mod:`multisk.metrics.retrieval` for the ran
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from multisk.metrics.retrieval import metrics_from_ranks, retrieval_ranks
-from multisk.modalities import MODALITIES, MODALITY_SPECS
+from multisk.modalities import MODALITIES, MODALITY_SPECS, ModalityTable
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -50,16 +52,19 @@ class Side:
 
     modalities: Tuple[str, ...]  # in the order of the modality table
     fused_by_model: bool = False
+    letters: Tuple[str, ...] = field(default=(), compare=False)  # the table's letters of ``modalities``
 
     @property
     def label(self) -> str:
-        letters = [MODALITY_SPECS[m].letter for m in self.modalities]
+        letters = self.letters or tuple(MODALITY_SPECS[m].letter for m in self.modalities)
         return "".join(letters) if self.fused_by_model else "+".join(letters)
 
 
-def _side(*modalities: str, fused_by_model: bool = False) -> Side:
-    order = list(MODALITY_SPECS)
-    return Side(tuple(sorted(modalities, key=order.index)), fused_by_model)
+def _side(*modalities: str, fused_by_model: bool = False, table: Optional[ModalityTable] = None) -> Side:
+    table = MODALITY_SPECS if table is None else table
+    order = list(table)
+    ordered = tuple(sorted(modalities, key=order.index))
+    return Side(ordered, fused_by_model, tuple(table[m].letter for m in ordered))
 
 
 def _all_directions() -> List[Tuple[Side, Side]]:
@@ -79,26 +84,29 @@ ALL_DIRECTIONS: Dict[str, Tuple[Side, Side]] = {
 }
 
 
-def table_directions() -> Dict[str, Tuple[Side, Side]]:
+def table_directions(table: Optional[ModalityTable] = None) -> Dict[str, Tuple[Side, Side]]:
     """:data:`ALL_DIRECTIONS` (SPEC §7 over text, video, audio), then, for every further row of the
-    modality table, single → single directions between it and each other modality (``t2f f2t``)."""
+    modality table (``table``, e.g. ``model.modality_table``; default the built-in rows), single →
+    single directions between it and each other modality (``t2f f2t``)."""
+    table = MODALITY_SPECS if table is None else table
     directions = dict(ALL_DIRECTIONS)
-    for extra in (m for m in MODALITY_SPECS if m not in MODALITIES):
-        for other in (m for m in MODALITY_SPECS if m != extra):
+    for extra in (m for m in table if m not in MODALITIES):
+        for other in (m for m in table if m != extra):
             for query, gallery in ((other, extra), (extra, other)):
-                pair = (_side(query), _side(gallery))
+                pair = (_side(query, table=table), _side(gallery, table=table))
                 directions.setdefault(f"{pair[0].label}2{pair[1].label}", pair)
     return directions
 
 
-def _parse_name(name: str) -> Side:
-    if name in MODALITY_SPECS:
-        return _side(name)
+def _parse_name(name: str, table: Optional[ModalityTable] = None) -> Side:
+    table = MODALITY_SPECS if table is None else table
+    if name in table:
+        return _side(name, table=table)
     parts = name.split("_")
-    if len(parts) == 2 and all(p in MODALITY_SPECS for p in parts) and parts[0] != parts[1]:
-        return _side(*parts, fused_by_model=True)
+    if len(parts) == 2 and all(p in table for p in parts) and parts[0] != parts[1]:
+        return _side(*parts, fused_by_model=True, table=table)
     raise ValueError(
-        f"embeddings: unknown embedding name {name!r}; expected one of {', '.join(MODALITY_SPECS)} "
+        f"embeddings: unknown embedding name {name!r}; expected one of {', '.join(table)} "
         "or a model-fused pair such as 'video_audio'"
     )
 
@@ -115,6 +123,7 @@ class _DirectionProblems:
         embeddings: Mapping[str, ArrayLike],
         nonempty: Optional[Mapping[str, ArrayLike]],
         groups: Optional[ArrayLike],
+        table: Optional[ModalityTable] = None,
     ) -> None:
         if not embeddings:
             raise ValueError("embeddings: empty dict")
@@ -122,7 +131,7 @@ class _DirectionProblems:
         num_items: Optional[int] = None
         device = None
         for name, value in embeddings.items():
-            side = _parse_name(name)
+            side = _parse_name(name, table)
             tensor = value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
             if tensor.ndim != 2:
                 raise ValueError(f"embeddings[{name!r}]: expected (N, E), got shape {tuple(tensor.shape)}")
@@ -164,7 +173,7 @@ class _DirectionProblems:
             return self.normalized[side]
         if side.fused_by_model or len(side.modalities) == 1:
             return None
-        parts = [self.normalized.get(_side(m)) for m in side.modalities]
+        parts = [self.normalized.get(Side((m,))) for m in side.modalities]  # sides compare by modalities
         if any(p is None for p in parts):
             return None
         # late fusion (n(x) + n(y)) / 2, re-normalised (cosine ignores the scale anyway)
@@ -184,12 +193,13 @@ class _DirectionProblems:
         return valid
 
 
-def available_directions(embedding_names: Sequence[str]) -> List[str]:
-    """Labels of the directions that embeddings with these names allow, in report order."""
-    sides = {_parse_name(name) for name in embedding_names}
+def available_directions(embedding_names: Sequence[str], table: Optional[ModalityTable] = None) -> List[str]:
+    """Labels of the directions that embeddings with these names allow, in report order (``table``:
+    the modality table the names come from, default the built-in rows)."""
+    sides = {_parse_name(name, table) for name in embedding_names}
     singles = {s.modalities[0] for s in sides if len(s.modalities) == 1}
     result = []
-    for label, (query, gallery) in table_directions().items():
+    for label, (query, gallery) in table_directions(table).items():
         buildable = True
         for side in (query, gallery):
             if side.fused_by_model or len(side.modalities) == 1:
@@ -206,6 +216,7 @@ def direction_ranks(
     nonempty: Optional[Mapping[str, ArrayLike]] = None,
     groups: Optional[ArrayLike] = None,
     directions: Optional[Sequence[str]] = None,
+    table: Optional[ModalityTable] = None,
 ) -> Dict[str, np.ndarray]:
     """0-based tie-averaged rank of the true item for every query of every direction.
 
@@ -214,9 +225,9 @@ def direction_ranks(
     Returns:
         dict direction label -> (Q_direction,) float64 ranks (directions without queries omitted).
     """
-    problems = _DirectionProblems(embeddings, nonempty, groups)
-    possible = available_directions(list(embeddings))
-    known = table_directions()
+    problems = _DirectionProblems(embeddings, nonempty, groups, table)
+    possible = available_directions(list(embeddings), table)
+    known = table_directions(table)
     if directions is None:
         wanted = possible
     else:
@@ -265,6 +276,7 @@ def evaluate_directions(
     groups: Optional[ArrayLike] = None,
     complete_size: Optional[int] = None,
     directions: Optional[Sequence[str]] = None,
+    table: Optional[ModalityTable] = None,
 ) -> Dict[str, Dict[str, float]]:
     """Retrieval metrics (SPEC §7) for every direction the embeddings allow.
 
@@ -276,12 +288,14 @@ def evaluate_directions(
         groups: (N,) ints; items of one group are all correct answers for each other.
         complete_size: divide R@k by this complete dataset size (missing items count as misses).
         directions: restrict to these labels (default: all that the embeddings allow).
+        table: the modality table the embedding names and letters come from (``model.modality_table``
+            of a model with configured rows such as ``flow``); default the built-in rows.
 
     Returns:
         dict direction label (``"t2v"``, ``"t2v+a"``, ``"t2va"``, ...) -> metrics dict of
         :func:`multisk.metrics.retrieval_metrics`.
     """
-    ranks = direction_ranks(embeddings, nonempty=nonempty, groups=groups, directions=directions)
+    ranks = direction_ranks(embeddings, nonempty=nonempty, groups=groups, directions=directions, table=table)
     return {label: metrics_from_ranks(r, complete_size) for label, r in ranks.items()}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -9,9 +10,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from multisk.data.dataset import collate_batch
-from multisk.evaluate.directions import ALL_DIRECTIONS, evaluate_directions
+from multisk.evaluate.directions import Side, evaluate_directions, table_directions
 from multisk.evaluate.inputs import dataset_inputs, empty_modalities_mode
+from multisk.modalities import MODALITY_SPECS, ModalityTable
 from multisk.sinkhorn.precision import autocast_context
+
+
+def model_modality_table(model: torch.nn.Module) -> ModalityTable:
+    """The modality table a model was built with (``MultiModalModel.modality_table``: the built-in
+    rows plus ``model.modality_specs``); the built-in rows for a model without one."""
+    return getattr(model, "modality_table", MODALITY_SPECS)
 
 
 @torch.no_grad()
@@ -31,7 +39,9 @@ def embed_dataset(
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_batch)
+    # the rows the dataset's items carry (a configured row such as flow is a field of every item)
+    collate = partial(collate_batch, table=getattr(dataset, "modality_table", model_modality_table(model)))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     parts: Dict[str, Any] = {"joint": {}, "nonempty": {}, "input_anchor_scores": {}, "joint_anchor_scores": {}}
 
     def add(store: Dict[str, list], key: str, value: torch.Tensor) -> None:
@@ -80,9 +90,8 @@ def nonempty_for_joint(nonempty: Mapping[str, torch.Tensor], names) -> Dict[str,
     return result
 
 
-def _direction_modalities(label: str) -> Tuple[List[str], bool]:
+def _direction_modalities(query: Side, gallery: Side) -> Tuple[List[str], bool]:
     """(modalities a direction needs, whether it needs a model-fused pair embedding)."""
-    query, gallery = ALL_DIRECTIONS[label]
     return list(dict.fromkeys(query.modalities + gallery.modalities)), query.fused_by_model or gallery.fused_by_model
 
 
@@ -92,6 +101,7 @@ def score_retrieval(
     mode: str,
     groups: Optional[np.ndarray] = None,
     complete_size: Optional[int] = None,
+    table: Optional[ModalityTable] = None,
 ) -> Tuple[Dict[str, Dict[str, float]], Dict[str, str]]:
     """Every retrieval direction a split allows, and why each other direction was skipped.
 
@@ -100,6 +110,8 @@ def score_retrieval(
         mode: ``"masking_token"`` (every item is a query and a gallery entry; an empty modality is the
             model's masking-token embedding, SPEC §7) or ``"excluded"`` (items lacking a modality leave the
             sides that need it).
+        table: the model's modality table (:func:`model_modality_table`; default the built-in rows):
+            names, letters and the directions listed, skipped ones included.
     Returns:
         ``(retrieval, skipped)``: direction label -> metrics, and direction label -> reason.
     """
@@ -112,12 +124,12 @@ def score_retrieval(
     retrieval: Dict[str, Dict[str, float]] = {}
     if usable:
         validity = None if mode == "masking_token" else nonempty_for_joint(nonempty, usable.keys())
-        retrieval = evaluate_directions(usable, validity, groups=groups, complete_size=complete_size)
+        retrieval = evaluate_directions(usable, validity, groups=groups, complete_size=complete_size, table=table)
     model_has_pairs = any("_" in n for n in emb["joint"])
-    for label in ALL_DIRECTIONS:
+    for label, (query, gallery) in table_directions(table).items():
         if label in retrieval:
             continue
-        needed, needs_pair = _direction_modalities(label)
+        needed, needs_pair = _direction_modalities(query, gallery)
         if needs_pair and not model_has_pairs:
             continue  # models without fused pair embeddings never have these; listing them is noise
         missing_branch = [m for m in needed if m not in nonempty]
@@ -153,7 +165,8 @@ def evaluate_split(
     # only a complete size the data declares (MSR-VTT's 1000, YouCook2's 3350) changes the
     # denominators; otherwise each direction is scored over the queries it has
     complete = dataset.store.info.get("complete_size") if hasattr(dataset, "store") else None
-    retrieval, skipped = score_retrieval(emb, mode=mode, groups=caption_groups(dataset), complete_size=complete)
+    retrieval, skipped = score_retrieval(emb, mode=mode, groups=caption_groups(dataset), complete_size=complete,
+                                         table=model_modality_table(model))
     inputs = {
         **dataset_inputs(dataset),
         "empty_modalities": mode,
@@ -211,5 +224,5 @@ def evaluate_model(
     return results
 
 
-__all__ = ["caption_groups", "embed_dataset", "evaluate_model", "evaluate_split", "nonempty_for_joint",
-           "score_retrieval"]
+__all__ = ["caption_groups", "embed_dataset", "evaluate_model", "evaluate_split", "model_modality_table",
+           "nonempty_for_joint", "score_retrieval"]

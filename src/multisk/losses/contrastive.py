@@ -166,6 +166,9 @@ def parse_pairs(pair_weights: Mapping[str, float], available: Iterable[str]) -> 
     model does not produce, a malformed name, or a negative weight raises :class:`ConfigError`.
     """
     available = set(available)
+    # the built-in modalities and those of the embeddings the model produces (a row of
+    # model.modality_specs the model reads): anything else in a pair name is a typo
+    known = list(MODALITY_SPECS) + sorted({m for name in available for m in embedding_modalities(name)} - set(MODALITY_SPECS))
     pairs = []
     for pair, weight in pair_weights.items():
         where = f"loss.contrastive.pair_weights[{pair!r}]"
@@ -173,10 +176,9 @@ def parse_pairs(pair_weights: Mapping[str, float], available: Iterable[str]) -> 
         if len(sides) != 2 or not all(sides):
             raise ConfigError(f"{where}: expected 'a-b' with two joint-embedding names (e.g. 'text-video')")
         for side in sides:
-            unknown = [m for m in embedding_modalities(side) if m not in MODALITY_SPECS]
+            unknown = [m for m in embedding_modalities(side) if m not in known]
             if unknown:
-                known = ", ".join(MODALITY_SPECS)
-                raise ConfigError(f"{where}: unknown modality {unknown[0]!r} in {side!r} (known: {known})")
+                raise ConfigError(f"{where}: unknown modality {unknown[0]!r} in {side!r} (known: {', '.join(known)})")
         if weight < 0:
             raise ConfigError(f"{where}: weight must be >= 0, got {weight}")
         if weight == 0:

@@ -54,7 +54,7 @@ from multisk.config import (
 from multisk.losses.contrastive import GlobalKeys, at_least_float32
 from multisk.losses.collectives import ProcessGroup, all_gather_no_grad, local_row_offset, world_size
 from multisk.losses.queue import EmbeddingQueue
-from multisk.modalities import modality_spec
+from multisk.modalities import MODALITY_SPECS, ModalityTable
 from multisk.sinkhorn.precision import exact_float32
 
 INPUT_FROM_JOINT = "input<-joint"  # (i): predict input-space scores s_m from the joint-space target q̂_{m,n}
@@ -137,6 +137,10 @@ class StructurePreservingLoss(nn.Module):
         joint_dim: E, width of ``output["joint_normalized"][n]``.
         num_anchors: K of every anchor set.
         process_group: DDP group (None: the default group when initialised, else a single process).
+        table: the run's modality table (``multisk.modalities.modality_table(model_cfg)``); every
+            modality must have a row. None: the built-in rows plus the modalities given a weight in
+            ``cfg.modality_weights`` (how a row of ``model.modality_specs`` reaches a loss built without
+            the table; the model has already checked it against the table).
 
     Buffers: ``input_queues.<m>.*`` and ``joint_queues.<n>.*`` (:class:`EmbeddingQueue`, float32).
     """
@@ -149,13 +153,19 @@ class StructurePreservingLoss(nn.Module):
         joint_dim: int,
         num_anchors: int,
         process_group: ProcessGroup = None,
+        table: Optional[ModalityTable] = None,
     ):
         super().__init__()
         modalities = list(modalities)
         if not modalities:
             raise ConfigError("model.modalities: SSPC needs at least one modality")
-        for m in modalities:
-            modality_spec(m, "model.modalities")  # ConfigError naming the field for a modality outside the table
+        known = list(MODALITY_SPECS if table is None else table)
+        if table is None:
+            known += [m for m in cfg.modality_weights if m not in known]
+        unknown = [m for m in modalities if m not in known]
+        if unknown:  # ConfigError naming the field for a modality outside the table
+            raise ConfigError(f"model.modalities: unknown modality {unknown[0]!r} (known: {', '.join(known)}; a new "
+                              "modality is an entry of model.modality_specs with a weight in loss.sspc.modality_weights)")
         validate_sspc_config(cfg)
         if num_anchors < 1:
             raise ConfigError(f"model.num_anchors: must be >= 1, got {num_anchors}")

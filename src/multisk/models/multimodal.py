@@ -9,10 +9,10 @@ Pipeline for each modality m present in ``ModelConfig.modalities``::
       → (+ learned positional embedding, optional)
       → fusion transformer (its own per modality, or one shared) → masked mean (or CLS output)
       → projection  GatedEmbeddingUnit(D → E)                                joint embedding x̂_m (B, E)
-      (+ W_m · LayerNorm(masked mean of the input features), text / video, with model.input_residual)
+      (+ W_m · LayerNorm(masked mean of the input features), token inputs, with model.input_residual)
 
 ``variant = "everything_at_once"`` shares one transformer and also encodes the concatenated token
-sequences of each pair (a, b): the pair embedding is ``(n(P_a(pool_a)) + n(P_b(pool_b))) / 2`` where
+sequences of each pair (a, b) of the model's modalities (every pair, in modality-table order): the pair embedding is ``(n(P_a(pool_a)) + n(P_b(pool_b))) / 2`` where
 ``pool_a``/``pool_b`` are the masked means of a's and b's output tokens in the joint pass (with a CLS
 token both are the CLS output). ``variant = "per_modality"`` is the paper's released model
 (``TransformerPerModalityModel2``): one transformer per modality, no pairs.
@@ -24,22 +24,24 @@ The output dict is documented in docs/architecture.md ("Model output dict").
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, NamedTuple, Tuple
+from itertools import combinations
+from typing import Dict, List, Mapping, NamedTuple, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multisk.config import ConfigError, ModelConfig, validate_model_config
+from multisk.config import Config, ConfigError, ModelConfig, validate_model_config
 from multisk.errors import DataFormatError
 from multisk.models.anchors import AnchorHeads
 from multisk.models.davenet import DAVEnet, build_audio_encoder
 from multisk.models.fusion import FusionTransformer
 from multisk.models.layers import LAYER_NORM_EPS, AutocastLayerNorm, GatedEmbeddingUnit, masked_mean
-from multisk.modalities import MODALITY_SPECS, feature_dim
+from multisk.modalities import MODALITIES, feature_dim, modality_table
 
-# fused pairs of the everything_at_once variant, in output order; names are "a_b"
-MODALITY_PAIRS: Tuple[Tuple[str, str], ...] = (("text", "video"), ("text", "audio"), ("video", "audio"))
+# the everything_at_once variant fuses every pair of the model's modalities, in table order (names "a_b");
+# over the built-in rows these are:
+MODALITY_PAIRS: Tuple[Tuple[str, str], ...] = tuple(combinations(MODALITIES, 2))  # tv, ta, va
 
 
 class ModalityTokens(NamedTuple):
@@ -69,19 +71,23 @@ class MultiModalModel(nn.Module):
     ``input_anchor_scores``, ``joint_anchor_scores``, ``nonempty``).
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, train_anchor_scores: bool = True) -> None:
+        """``train_anchor_scores=False`` (SSPC off: :func:`build_model` of a full config) skips the
+        anchor scores in training mode, where only SSPC reads them; the anchors stay parameters, so
+        state dicts are unchanged, and evaluation mode still scores them (anchor figures)."""
         super().__init__()
         validate_model_config(cfg)
         self.cfg = cfg
         self.variant = cfg.variant
-        self.modalities: Tuple[str, ...] = tuple(m for m in MODALITY_SPECS if m in cfg.modalities)
-        spectrograms = [m for m in self.modalities if MODALITY_SPECS[m].encoder == "spectrogram"]
+        self.train_anchor_scores = train_anchor_scores
+        self.modality_table = modality_table(cfg)  # built-in rows + model.modality_specs
+        table = self.modality_table
+        self.modalities: Tuple[str, ...] = tuple(m for m in table if m in cfg.modalities)
+        spectrograms = [m for m in self.modalities if table[m].encoder == "spectrogram"]
         if spectrograms not in ([], ["audio"]):  # the DAVEnet reads model.audio_mels: audio's spectrogram only
             raise ConfigError(f"model.modalities: only 'audio' can be a spectrogram input, got {spectrograms}")
         self.pairs: Tuple[Tuple[str, str], ...] = (
-            tuple(p for p in MODALITY_PAIRS if p[0] in self.modalities and p[1] in self.modalities)
-            if cfg.variant == "everything_at_once"
-            else ()
+            tuple(combinations(self.modalities, 2)) if cfg.variant == "everything_at_once" else ()
         )
         self.joint_names: Tuple[str, ...] = self.modalities + tuple(f"{a}_{b}" for a, b in self.pairs)
         dim = cfg.embed_dim
@@ -91,8 +97,9 @@ class MultiModalModel(nn.Module):
                                 recompute=cfg.recompute_audio_encoder)
             if "audio" in self.modalities else None
         )
-        # the width each token projection reads, from the modality table (model.<dim_key>)
-        feature_dims = {m: feature_dim(cfg, m) for m in self.modalities if MODALITY_SPECS[m].encoder == "tokens"}
+        # the width each token projection reads, from the modality table (model.<dim_key> or the row's dim)
+        feature_dims = {m: feature_dim(cfg, m, table) for m in self.modalities if table[m].encoder == "tokens"}
+        self.feature_dims: Dict[str, int] = dict(feature_dims)  # what _check_batch expects of token inputs
         if self.audio_encoder is not None:
             feature_dims["audio"] = self.audio_encoder.out_dim
         self.token_projections = nn.ModuleDict({m: GatedEmbeddingUnit(feature_dims[m], dim) for m in self.modalities})
@@ -126,7 +133,7 @@ class MultiModalModel(nn.Module):
         self.input_residuals = (
             nn.ModuleDict({
                 m: nn.Sequential(nn.LayerNorm(feature_dims[m], eps=LAYER_NORM_EPS), nn.Linear(feature_dims[m], cfg.projection_dim))
-                for m in self.modalities if MODALITY_SPECS[m].encoder == "tokens"
+                for m in self.modalities if table[m].encoder == "tokens"
             })
             if cfg.input_residual
             else None
@@ -195,7 +202,7 @@ class MultiModalModel(nn.Module):
                     raise DataFormatError(f"batch[{key!r}]: expected a tensor, got {type(batch[key]).__name__}")
             x, mask = batch[m], batch[f"{m}_mask"]
             assert isinstance(x, Tensor) and isinstance(mask, Tensor)
-            spec = MODALITY_SPECS[m]
+            spec = self.modality_table[m]
             if spec.encoder == "spectrogram":
                 if x.dim() != 3 or x.shape[1] != cfg.audio_mels:
                     raise DataFormatError(
@@ -204,11 +211,12 @@ class MultiModalModel(nn.Module):
                     )
                 expected_mask = (x.shape[0], x.shape[2])
             else:
-                expected_dim = feature_dim(cfg, m)
+                expected_dim = self.feature_dims[m]
                 if x.dim() != 3 or x.shape[2] != expected_dim:
+                    where = f"model.{spec.dim_key}" if spec.dim_key else f"model.modality_specs.{m}.dim"
                     raise DataFormatError(
                         f"batch[{m!r}]: expected (B, L, {expected_dim}) features "
-                        f"({expected_dim} = model.{spec.dim_key}), got shape {tuple(x.shape)}"
+                        f"({expected_dim} = {where}), got shape {tuple(x.shape)}"
                     )
                 expected_mask = (x.shape[0], x.shape[1])
             if tuple(mask.shape) != expected_mask:
@@ -248,7 +256,7 @@ class MultiModalModel(nn.Module):
         out: Dict[str, ModalityTokens] = {}
         for m in self.modalities:
             features, mask = batch[m], batch[f"{m}_mask"]
-            if MODALITY_SPECS[m].encoder == "spectrogram":
+            if self.modality_table[m].encoder == "spectrogram":
                 assert isinstance(self.audio_encoder, DAVEnet)
                 features, mask = self.audio_encoder(features, mask)
             out[m] = self.project_tokens(m, features, mask)
@@ -296,30 +304,40 @@ class MultiModalModel(nn.Module):
                 pooled = features.sum(dim=1) / feature_mask.sum(dim=1, keepdim=True).clamp_min(1).to(features.dtype)
                 joint[m] = joint[m] + residual(pooled)
         joint_normalized = {name: _normalize(x) for name, x in joint.items()}
+        # in training only SSPC reads the anchor scores: without it (train_anchor_scores=False) they are
+        # not computed and the two score dicts are empty, as for a model without anchors
+        scored = self.anchors.modalities if self.train_anchor_scores or not self.training else ()
         return {
             "joint": joint,
             "joint_normalized": joint_normalized,
             "input_embedding": input_embedding,
-            "input_anchor_scores": {
-                m: self.anchors.input_scores(m, input_embedding[m]) for m in self.anchors.modalities
-            },
+            "input_anchor_scores": {m: self.anchors.input_scores(m, input_embedding[m]) for m in scored},
             "joint_anchor_scores": {
                 m: {n: self.anchors.joint_scores(m, joint_normalized[n]) for n in self.joint_names}
-                for m in self.anchors.modalities
+                for m in scored
             },
             "nonempty": {m: tokens[m].nonempty for m in self.modalities},
         }
 
 
-def build_model(cfg: ModelConfig) -> MultiModalModel:
-    """Build the model described by ``cfg`` (``model`` section of the config).
+def build_model(cfg: Union[ModelConfig, Config]) -> MultiModalModel:
+    """Build the model described by ``cfg``: the ``model`` section, or a full :class:`Config`.
 
-    With ``cfg.compile`` the module is compiled in place (``nn.Module.compile``), so its class,
+    A full config also tells the model what the objective needs: with ``loss.sspc.enabled = false``
+    the anchors feed nothing, so the model skips their scores in training mode and the anchors are
+    frozen (``requires_grad = False``: no gradient would reach them, which DDP rejects). Either way the
+    parameters and state-dict keys are the same, so checkpoints load across both.
+
+    With ``model.compile`` the module is compiled in place (``nn.Module.compile``), so its class,
     attributes and state-dict keys stay those of :class:`MultiModalModel`. To count parameters
     without allocating memory, build under ``with torch.device("meta"):``.
     """
-    model = MultiModalModel(cfg)
-    if cfg.compile:
+    sspc_on = cfg.loss.sspc.enabled if isinstance(cfg, Config) else True
+    model_cfg = cfg.model if isinstance(cfg, Config) else cfg
+    model = MultiModalModel(model_cfg, train_anchor_scores=sspc_on)
+    if not sspc_on:
+        model.anchors.requires_grad_(False)
+    if model_cfg.compile:
         model.compile()
     return model
 
