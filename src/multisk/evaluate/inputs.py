@@ -54,7 +54,9 @@ def eval_store_dataset(cfg: Config, root: str, split: str) -> FeatureStoreDatase
     dataset = store_dataset(cfg, root, split)
     window = recorded_window(dataset.store.info)
     if window is not None:
-        dataset.max_tokens = {"text": window["text"], "video": window["video"], "audio": window["audio"]}
+        # the recorded window replaces the built-in budgets; configured rows (model.modality_specs) keep theirs
+        dataset.max_tokens = {**dataset.max_tokens, "text": window["text"], "video": window["video"],
+                              "audio": window["audio"]}
         dataset.video_crop = dataset.audio_crop = window["crop"]
         source = "recorded in the store at conversion"
     else:

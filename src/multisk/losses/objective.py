@@ -29,6 +29,7 @@ from multisk.config import LossConfig, ModelConfig, validate_loss_config
 from multisk.losses.contrastive import CombinatorialContrastiveLoss
 from multisk.losses.collectives import ProcessGroup
 from multisk.losses.structure_preserving import StructurePreservingLoss
+from multisk.modalities import modality_table
 
 
 class TrainingObjective(nn.Module):
@@ -60,6 +61,7 @@ class TrainingObjective(nn.Module):
                 joint_dim=model_cfg.projection_dim,
                 num_anchors=model_cfg.num_anchors,
                 process_group=process_group,
+                table=modality_table(model_cfg),  # the run's rows, model.modality_specs included
             )
             if loss_cfg.sspc.enabled
             else None
