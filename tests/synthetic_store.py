@@ -25,12 +25,13 @@ def write_word_vectors(path: Path, rng: np.random.Generator) -> dict[str, np.nda
 
 
 def write_synthetic_store(root: Path, n_train: int = 48, n_test: int = 24, seed: int = 0,
-                          minilm_dim: int = 0, extra_dims: dict[str, int] | None = None) -> Path:
+                          minilm_dim: int = 0, extra_dims: dict[str, int] | None = None, n_val: int = 0) -> Path:
     """``minilm_dim > 0`` adds a second text modality ``text_minilm`` (3 class-dependent tokens of that
     size per item, as a sentence encoder's token states would be), drawn from its own generator so the
     other modalities do not change. ``extra_dims`` (name -> width, e.g. ``{"flow": 24}``) adds further
     class-dependent token modalities, item i with ``2 + i % 7`` tokens (so budgets crop some), every
-    fifth item without it; each from its own generator, so the other modalities do not change either."""
+    fifth item without it; each from its own generator, so the other modalities do not change either.
+    ``n_val > 0`` adds a ``val`` split drawn like the others."""
     from multisk.data.text import encode_text
     from multisk.data.word_vectors import load_word_vectors
 
@@ -51,7 +52,9 @@ def write_synthetic_store(root: Path, n_train: int = 48, n_test: int = 24, seed:
     extra_rngs = {name: np.random.default_rng([seed, 2, k]) for k, name in enumerate(extra_dims)}
     extra_bases = {name: extra_rngs[name].standard_normal((len(CLASSES), d)) for name, d in extra_dims.items()}
     modalities.update(extra_dims)
-    for split, count in (("train", n_train), ("test", n_test)):
+    # a "val" split (n_val > 0) comes last, so the other splits are the same with or without it
+    splits = (("train", n_train), ("test", n_test)) + ((("val", n_val),) if n_val else ())
+    for split, count in splits:
         with FeatureStoreWriter(root, split, modalities, metadata={"text_encoder": encoder}) as w:
             for i in range(count):
                 c = int(rng.integers(len(CLASSES)))
@@ -78,6 +81,9 @@ def tiny_overrides(root: Path, out: Path, **extra) -> list[str]:
         "model.projection_dim": 24, "model.num_anchors": 8, "model.audio_width_divisor": 32,
         "loss.sspc.queue_size": 16, "train.batch_size": 8, "train.epochs": 2, "train.log_every": 1,
         "train.output_dir": str(out), "train.lr": 0.001,
+        # the demo's text-space prior needs a val split and Lite0/MiniLM for its concept head: off here,
+        # on in tests/test_prior.py and tests/test_demo.py (stores written with n_val > 0)
+        "model.prior.enabled": "false", "model.prior.concept_classes": 0, "data.val_split": "null",
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]

@@ -33,6 +33,19 @@ class ModalityRowConfig:
 
 
 @dataclass
+class PriorConfig:
+    """The closed-form text-space prior (multisk.models.prior; not in the paper: docs/results.md)."""
+
+    enabled: bool = False
+    # C > 0: a concept head for pictures (Lite0's ImageNet classifier read through the caption encoder's
+    # embeddings of its class names; needs Lite0 pictures and MiniLM captions): 1000, or 0 for none
+    concept_classes: int = 0
+    # w of the retrieval embeddings [sqrt(1-w) learned ; sqrt(w) prior]; null = chosen on data.val_split
+    # after training (the grid 0, 0.1, ..., 1)
+    weight: Optional[float] = None
+
+
+@dataclass
 class ModelConfig:
     """The Everything-at-Once family (SPEC §1) with anchor heads (SPEC §2)."""
 
@@ -70,6 +83,9 @@ class ModelConfig:
     # add Linear(LayerNorm(mean input features)) to each text / video joint embedding: a linear path
     # from the frozen pre-trained features around the transformer (not in the paper; docs/results.md)
     input_residual: bool = False
+    # a frozen closed-form embedding of every modality in the text encoder's space, mixed into the
+    # retrieval embeddings (multisk.models.prior)
+    prior: PriorConfig = field(default_factory=PriorConfig)
 
 
 @dataclass
@@ -123,6 +139,9 @@ class DataConfig:
     root: str = "data/clipart"  # feature-store root
     train_split: str = "train"
     eval_splits: List[str] = field(default_factory=lambda: ["test_in_domain", "test_out_of_domain"])
+    # held-out split of the training source for choices made on data (model.prior's λ, α and w); never
+    # a test split. null = none (the prior then chooses λ and α on a seeded 10 % of train)
+    val_split: Optional[str] = None
     # model modality -> feature-store modality name
     modality_map: Dict[str, str] = field(
         default_factory=lambda: {"text": "text", "video": "video", "audio": "audio"}
@@ -257,6 +276,14 @@ def validate_model_config(m: ModelConfig) -> None:
     check_choice("model.audio_encoder", m.audio_encoder, AUDIO_ENCODER_NAMES)
     if m.embed_dim % m.num_heads:
         raise ConfigError(f"model.num_heads: {m.num_heads} does not divide model.embed_dim {m.embed_dim}")
+    p = m.prior
+    if p.enabled and "text" not in m.modalities:
+        raise ConfigError("model.prior.enabled: the prior lives in the text encoder's space; model.modalities has no text")
+    if p.concept_classes < 0 or (p.concept_classes > 0 and "video" not in m.modalities):
+        raise ConfigError(f"model.prior.concept_classes: must be >= 0, and > 0 needs video in model.modalities "
+                          f"(got {p.concept_classes})")
+    if p.weight is not None and not 0.0 <= p.weight <= 1.0:
+        raise ConfigError(f"model.prior.weight: must be in [0, 1] or null (chosen on data.val_split), got {p.weight}")
 
 
 def _check(cfg: Config) -> None:
@@ -265,6 +292,12 @@ def _check(cfg: Config) -> None:
     d = cfg.data
     if not 0.0 <= d.corrupt_fraction <= 1.0:
         raise ConfigError(f"data.corrupt_fraction: must be in [0, 1], got {d.corrupt_fraction}")
+    if cfg.model.prior.enabled and cfg.model.prior.weight is None and d.val_split is None:
+        raise ConfigError("model.prior.weight: null means 'chosen on data.val_split', but data.val_split is not "
+                          "set; give a held-out split of the training source or a fixed weight in [0, 1]")
+    if d.val_split is not None and d.val_split in d.eval_splits:
+        raise ConfigError(f"data.val_split: {d.val_split!r} is also in data.eval_splits; choices made on a split "
+                          "must not be scored on it")
     if d.corrupt_fraction > 0 and d.train_format != "store":
         raise ConfigError("data.corrupt_fraction: only implemented for data.train_format 'store'")
     if d.num_workers < 0 or d.prefetch_factor < 1:

@@ -52,6 +52,28 @@ def structure_table(structure, markdown: bool = False) -> str:
                      for r in [header] + rows)
 
 
+PRIOR_ALONE = "text-space prior alone (w = 1)"
+
+
+def prior_ablations(cfg, checkpoint: Path, name: str, with_prior_alone: bool):
+    """A run trained with model.prior, scored again with its learned embeddings only (w = 0) and, once,
+    with the closed-form prior only (w = 1): the rows that say what each part contributes."""
+    from multisk.evaluate.loading import load_model, set_prior_weight
+    from multisk.evaluate.pipeline import evaluate_model
+    from multisk.train.datasets_for_config import build_eval_datasets
+
+    model, _ = load_model(checkpoint)
+    eval_sets = build_eval_datasets(cfg)
+    rows = {f"{name}, learned part only (w = 0)": 0.0}
+    if with_prior_alone:
+        rows[PRIOR_ALONE] = 1.0
+    results = {}
+    for label, weight in rows.items():
+        set_prior_weight(model, weight, where=f"{checkpoint}: prior weight")
+        results[label] = evaluate_model(model, eval_sets)
+    return results
+
+
 def run(args: argparse.Namespace) -> int:
     from multisk.config import load_config
     from multisk.evaluate.report import comparison_table
@@ -81,6 +103,14 @@ def run(args: argparse.Namespace) -> int:
         runs[name] = {split: entry["retrieval"] for split, entry in results["evaluation"].items()}
         structure[name] = {split: entry.get("structure", {}) for split, entry in results["evaluation"].items()}
         splits = list(cfg.data.eval_splits)
+        if "prior" in results:
+            print(f"[demo] '{name}': text-space prior weight w = {results['prior']['weight']:.1f}, chosen on "
+                  f"split '{cfg.data.val_split}' (0 = learned embeddings only, 1 = closed-form prior only)", flush=True)
+            ablations = prior_ablations(cfg, out / name / "checkpoints" / "latest.pt", name,
+                                        with_prior_alone=not any(k.startswith(PRIOR_ALONE) for k in runs))
+            for label, evaluation in ablations.items():
+                runs[label] = {split: entry["retrieval"] for split, entry in evaluation.items()}
+                structure[label] = {split: entry.get("structure", {}) for split, entry in evaluation.items()}
     baselines = {}
     if not args.no_baselines:
         from multisk.evaluate.baselines import compute_baselines

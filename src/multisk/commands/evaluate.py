@@ -27,6 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="autocast precision of the forward pass (default fp32, as the reference evaluates)")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--prior-weight", type=float, default=None,
+                   help="for a model trained with model.prior: score with this weight w of the text-space prior "
+                        "instead of the one chosen on the validation split (0 = the learned embeddings alone, "
+                        "1 = the closed-form prior alone)")
     p.set_defaults(func=run)
 
 
@@ -41,6 +45,12 @@ def run(args: argparse.Namespace) -> int:
 
     device = pick_device(args.device)
     model, cfg = load_model(args.checkpoint, device=device, use_ema=args.ema)
+    if args.prior_weight is not None:
+        from multisk.evaluate.loading import set_prior_weight
+
+        set_prior_weight(model, args.prior_weight, where=f"{args.checkpoint}: --prior-weight")
+    if getattr(model, "prior", None) is not None:
+        print(f"text-space prior weight w = {float(model.prior.mix_weight):.2f} (0 = learned embeddings only)")
     manifest = read_manifest(args.data)
     splits = args.split or [s for s in manifest["splits"] if s != cfg.data.train_split]
     unknown = [s for s in splits if s not in manifest["splits"]]

@@ -52,6 +52,7 @@ from multisk.errors import DataFormatError
 from multisk.evaluate.directions import evaluate_directions
 from multisk.evaluate.pipeline import caption_groups
 from multisk.metrics.structure import knn_jaccard
+from multisk.models.prior import RidgeMap  # one ridge solver for the probe and the model's prior
 from multisk.modalities import MODALITY_SPECS
 
 BASELINES = ("random", "linear_probe", "classname_bridge")
@@ -160,49 +161,6 @@ def structure_preservation(dataset, joint: Mapping[str, Any], nonempty: Mapping[
         result[modality] = {"knn_jaccard": knn_jaccard(reference[present], embedding[present], k),
                             "k": k, "n_items": int(present.sum())}
     return result
-
-
-# ---------------------------------------------------------------------------------------------------
-# ridge regression
-
-
-class RidgeMap:
-    """Standardise, then the ridge solution for every λ of a grid from one eigendecomposition.
-
-    ``fit(X (n, d), Y (n, e))``: with ``X̃ = (X - μ) / σ`` and ``Ỹ = Y - ȳ``, ``X̃ᵀX̃ = V diag(s) Vᵀ``
-    gives ``W_λ = V diag(1 / (s + λ)) Vᵀ X̃ᵀỸ`` for each λ at the cost of one (d, d) eigensolve.
-    ``predict(X, λ) = X̃ W_λ + ȳ``. Constant features (σ = 0) are left at zero.
-    """
-
-    def __init__(self) -> None:
-        self.mean: Optional[np.ndarray] = None
-
-    def fit(self, x: np.ndarray, y: np.ndarray) -> "RidgeMap":
-        if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
-            raise ValueError(f"RidgeMap.fit: expected X (n, d) and Y (n, e) with equal n, got {x.shape} and {y.shape}")
-        if x.shape[0] < 2:
-            raise ValueError(f"RidgeMap.fit: need at least 2 training pairs, got {x.shape[0]}")
-        self.mean = x.mean(axis=0)
-        std = x.std(axis=0)
-        self.scale = np.where(std > 0, std, 1.0)
-        self.target_mean = y.mean(axis=0)
-        xs = (x - self.mean) / self.scale
-        eigenvalues, eigenvectors = np.linalg.eigh(xs.T @ xs)
-        self.eigenvalues = np.clip(eigenvalues, 0.0, None)
-        self.eigenvectors = eigenvectors
-        self.projected_target = eigenvectors.T @ (xs.T @ (y - self.target_mean))  # Vᵀ X̃ᵀỸ
-        return self
-
-    def weights(self, lam: float) -> np.ndarray:
-        """(d, e) ridge weights for penalty ``lam`` > 0."""
-        if self.mean is None:
-            raise RuntimeError("RidgeMap: call fit() first")
-        if not lam > 0:
-            raise ValueError(f"lam: must be > 0, got {lam}")
-        return self.eigenvectors @ (self.projected_target / (self.eigenvalues + lam)[:, None])
-
-    def predict(self, x: np.ndarray, lam: float) -> np.ndarray:
-        return ((x - self.mean) / self.scale) @ self.weights(lam) + self.target_mean
 
 
 # ---------------------------------------------------------------------------------------------------

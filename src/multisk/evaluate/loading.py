@@ -32,3 +32,16 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", use_ema:
     if problem:
         raise DataFormatError(f"{path}: field 'model' does not match the configured model ({problem})")
     return model.to(device).eval(), cfg
+
+
+def set_prior_weight(model: torch.nn.Module, weight: float, where: str = "prior weight") -> None:
+    """Score ``model`` with weight ``weight`` of its text-space prior (:mod:`multisk.models.prior`):
+    0 = the learned embeddings alone, 1 = the closed-form prior alone. Errors name ``where``."""
+    prior = getattr(model, "prior", None)
+    if prior is None:
+        raise DataFormatError(f"{where}: the model has no text-space prior (it was trained without model.prior)")
+    if not 0.0 <= weight <= 1.0:
+        raise DataFormatError(f"{where}: must be in [0, 1], got {weight}")
+    if not bool(prior.fitted):
+        raise DataFormatError(f"{where}: the model's prior was never fitted (a checkpoint written before training?)")
+    prior.mix_weight.fill_(float(weight))

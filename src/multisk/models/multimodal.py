@@ -36,6 +36,7 @@ from multisk.errors import DataFormatError
 from multisk.models.anchors import AnchorHeads
 from multisk.models.davenet import DAVEnet, build_audio_encoder
 from multisk.models.fusion import FusionTransformer
+from multisk.models.prior import TextSpacePrior, combine_with_prior
 from multisk.models.layers import LAYER_NORM_EPS, AutocastLayerNorm, GatedEmbeddingUnit, masked_mean
 from multisk.modalities import MODALITIES, feature_dim, modality_table
 
@@ -136,6 +137,12 @@ class MultiModalModel(nn.Module):
                 for m in self.modalities if table[m].encoder == "tokens"
             })
             if cfg.input_residual
+            else None
+        )
+        # frozen closed-form embeddings in the text encoder's space, fitted before training (buffers only)
+        self.prior = (
+            TextSpacePrior(table, {m: feature_dim(cfg, m, table) for m in self.modalities}, cfg.prior.concept_classes)
+            if cfg.prior.enabled
             else None
         )
         if cfg.num_anchors < 0:
@@ -307,13 +314,22 @@ class MultiModalModel(nn.Module):
         # in training only SSPC reads the anchor scores: without it (train_anchor_scores=False) they are
         # not computed and the two score dicts are empty, as for a model without anchors
         scored = self.anchors.modalities if self.train_anchor_scores or not self.training else ()
+        anchor_inputs = joint_normalized
+        extra: Dict[str, Dict] = {}
+        if self.prior is not None:
+            extra["prior"] = self.prior(batch)
+            if not self.training:
+                # evaluation returns the retrieval embeddings [√(1-w) x̂ ; √w p] (multisk.models.prior);
+                # the losses (training mode) and the anchor scores read the learned ones only
+                joint_normalized = combine_with_prior(joint_normalized, extra["prior"], self.prior.mix_weight)
         return {
+            **extra,
             "joint": joint,
             "joint_normalized": joint_normalized,
             "input_embedding": input_embedding,
             "input_anchor_scores": {m: self.anchors.input_scores(m, input_embedding[m]) for m in scored},
             "joint_anchor_scores": {
-                m: {n: self.anchors.joint_scores(m, joint_normalized[n]) for n in self.joint_names}
+                m: {n: self.anchors.joint_scores(m, anchor_inputs[n]) for n in self.joint_names}
                 for m in scored
             },
             "nonempty": {m: tokens[m].nonempty for m in self.modalities},

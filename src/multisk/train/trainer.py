@@ -41,6 +41,8 @@ from multisk.evaluate.pipeline import evaluate_model
 from multisk.losses import TrainingObjective
 from multisk.models import build_model
 from multisk.sinkhorn.precision import configure_model_math
+from multisk.evaluate.inputs import eval_store_dataset
+from multisk.train.prior_fit import choose_prior_weight, fit_text_space_prior
 from multisk.train.datasets_for_config import build_eval_datasets, build_train_dataset, collate_fn_for, loader_options
 from multisk.train.process_group import (
     DistributedContext,
@@ -136,6 +138,8 @@ class Run:
     eval_sets: Dict[str, Any]
     watch: NonFiniteWatch
     log: Optional[MetricsLog] = None
+    val_set: Any = None  # data.val_split, fed like an evaluation split (rank 0); model.prior's choices
+    prior_report: Dict[str, Any] = field(default_factory=dict)
     resumed_from: Optional[Path] = None
     saved_at_step: int = -1  # decided from values every rank shares, never from files (multi-node safe)
     rate_origin: Dict[str, float] = field(default_factory=dict)
@@ -162,12 +166,9 @@ def _build_run(cfg: Config, ctx: DistributedContext, resume: Optional[str]) -> R
     per_rank = _per_rank_batch_size(cfg, ctx)
     if device.type == "cuda":  # cudnn.benchmark; TF32 for the model only in fp32 runs (never the losses)
         configure_model_math(cfg.train.precision)
-    model = build_model(cfg.model).to(device)
-    if not cfg.loss.sspc.enabled:
-        # the anchors only feed SSPC: without it they get no gradient, which DDP rejects at the second
-        # step ("Expected to have finished reduction"); frozen, they stay out of DDP and the optimizer
-        # (which skipped them anyway: Adam ignores parameters without a gradient)
-        model.anchors.requires_grad_(False)
+    # the full config: with SSPC off the model skips the anchor scores in training and freezes the anchors
+    # (no gradient would reach them, which DDP rejects at the second step)
+    model = build_model(cfg).to(device)
     if cfg.train.sync_batchnorm and ctx.enabled:
         if device.type != "cuda":
             raise ConfigError("train.sync_batchnorm: SyncBatchNorm needs CUDA devices; set it to false on CPU")
@@ -183,6 +184,11 @@ def _build_run(cfg: Config, ctx: DistributedContext, resume: Optional[str]) -> R
         ema_state = _restore(ckpt_path, cfg, ctx, model, objective, optimizer, scheduler, scaler, state)
     elif cfg.train.init_checkpoint:
         _load_initial_weights(cfg, model)
+    val_set = eval_store_dataset(cfg, cfg.data.root, cfg.data.val_split) if cfg.data.val_split else None
+    prior_report: Dict[str, Any] = {}
+    if model.prior is not None and not bool(model.prior.fitted):
+        # closed form on the training split, identically on every rank (no collective needed)
+        prior_report = fit_text_space_prior(model, cfg, dataset, val_set)
     # the EMA lives on rank 0 only: it is read only by rank 0's checkpoints and evaluations
     ema = None
     if cfg.train.ema_decay > 0 and ctx.is_main:
@@ -205,7 +211,8 @@ def _build_run(cfg: Config, ctx: DistributedContext, resume: Optional[str]) -> R
               optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, step=step, state=state,
               batches_per_epoch=sampler.batches_per_epoch, total_steps=total_steps,
               eval_sets=build_eval_datasets(cfg) if ctx.is_main else {},
-              watch=NonFiniteWatch(device, history=cfg.train.nonfinite_check_every), resumed_from=ckpt_path)
+              watch=NonFiniteWatch(device, history=cfg.train.nonfinite_check_every), resumed_from=ckpt_path,
+              val_set=val_set if ctx.is_main else None, prior_report=prior_report)
     _open_outputs(run, per_rank)
     return run
 
@@ -379,6 +386,7 @@ def _save(run: Run, name: str) -> None:
     """Collective: every rank contributes its RNG state; rank 0 writes; all meet at a host barrier."""
     _stop_if_nonfinite(run)  # never write a checkpoint of NaN weights
     ctx, state = run.ctx, run.state
+    _choose_prior_weight(run)
     rng = gather_objects(ctx, capture_rng_state())
     if ctx.is_main:
         save_checkpoint({
@@ -401,6 +409,18 @@ def _save(run: Run, name: str) -> None:
     run.saved_at_step = state.global_step
 
 
+def _choose_prior_weight(run: Run) -> None:
+    """Rank 0: the prior's retrieval weight w for the current weights, on data.val_split, before every
+    checkpoint (so each checkpoint carries the w chosen for it). Only rank 0 evaluates and saves."""
+    prior = run.model.prior
+    if prior is None or run.cfg.model.prior.weight is not None or not run.ctx.is_main:
+        return
+    choice = choose_prior_weight(run.model, run.val_set, device=run.ctx.device, batch_size=EVAL_BATCH_SIZE)
+    run.prior_report["weight_choice"] = choice
+    run.log.write({"step": run.state.global_step, "prior/weight": choice["weight"],
+                   "prior/val_rsum": max(c["rsum"] for c in choice["curve"])})
+
+
 def _evaluate(run: Run, keep_embeddings: bool = False) -> Dict[str, Any]:
     """Rank 0 evaluates while the others wait at a host barrier (no NCCL collective pending)."""
     results: Dict[str, Any] = {}
@@ -415,6 +435,8 @@ def _evaluate(run: Run, keep_embeddings: bool = False) -> Dict[str, Any]:
 
 def _finish(run: Run, make_plots: bool) -> Dict[str, Any]:
     results: Dict[str, Any] = {"steps": run.state.global_step, "skipped_batches": run.state.skipped_batches}
+    if run.model.prior is not None:
+        results["prior"] = {"weight": float(run.model.prior.mix_weight), **run.prior_report}
     if run.cfg.data.eval_splits:
         evaluation = _evaluate(run, keep_embeddings=True)
         if run.ctx.is_main:
