@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -15,6 +16,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .npz index")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--calibration-split", default=None,
+                   help="split of the same store whose captions calibrate the low-confidence notice of "
+                        "`multisk search` (default: the validation split, else the indexed split's own captions "
+                        "with each one's item left out; never a split marked role 'test')")
+    p.add_argument("--calibration-quantile", type=float, default=None,
+                   help="a search is flagged when its best score is below this quantile of real captions' best "
+                        "scores (default 0.05)")
     p.set_defaults(func=run_embed)
 
     s = subparsers.add_parser("search", help="text search over an index written by `multisk embed`")
@@ -32,36 +40,63 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_embed(args: argparse.Namespace) -> int:
     from multisk.data.feature_store import read_manifest
+    from multisk.errors import ConfigError
     from multisk.evaluate.index import save_index
     from multisk.evaluate.inputs import eval_store_dataset
     from multisk.evaluate.loading import load_model
     from multisk.evaluate.pipeline import embed_dataset
+    from multisk.evaluate.search_calibration import CALIBRATION_QUANTILE
     from multisk.evaluate.text_queries import query_encoder_spec
     from multisk.train.process_group import pick_device
 
+    quantile = CALIBRATION_QUANTILE if args.calibration_quantile is None else args.calibration_quantile
+    if not 0.0 < quantile < 1.0:
+        raise ConfigError(f"--calibration-quantile: must be in (0, 1), got {quantile}")
     device = pick_device(args.device)
     model, cfg = load_model(args.checkpoint, device=device)
     dataset = eval_store_dataset(cfg, args.data, args.split)
     emb = embed_dataset(model, dataset, device=device, batch_size=args.batch_size)
-    spec = query_encoder_spec(read_manifest(args.data), args.split, dataset.modality_map.get("text", "text"))
-    path = save_index(args.out, emb, dataset.store.items, checkpoint=Path(args.checkpoint), text_encoder=spec)
+    manifest = read_manifest(args.data)
+    spec = query_encoder_spec(manifest, args.split, dataset.modality_map.get("text", "text"))
+    calibration = _calibration(model, emb, manifest, spec, args, quantile, device,
+                               preferred=getattr(cfg.data, "val_split", None))
+    path = save_index(args.out, emb, dataset.store.items, checkpoint=Path(args.checkpoint), text_encoder=spec,
+                      calibration=calibration)
     have = ", ".join(f"{m} {int(flag.sum())}" for m, flag in emb["nonempty"].items())
     print(f"wrote {path}: {len(dataset)} items (having {have}), embeddings {sorted(emb['joint'])}")
     if spec is None:
         print(f"note: the store records no text encoder for {dataset.modality_map.get('text', 'text')!r}; "
               f"`multisk search` cannot embed queries for this index")
+    if "reason" in calibration:
+        print(f"note: no low-confidence calibration for `multisk search`: {calibration['reason']}")
+    else:
+        thresholds = ", ".join(f"{t} {v['threshold']:.3f}" for t, v in calibration["targets"].items())
+        print(f"calibration: {calibration['captions']} captions ({calibration['source']}); a search is flagged "
+              f"low-confidence below the {100 * quantile:g}th percentile of their best scores: {thresholds}")
     return 0
+
+
+def _calibration(model, emb, manifest, spec, args: argparse.Namespace, quantile: float, device, preferred=None):
+    """The index's score calibration (:mod:`multisk.evaluate.search_calibration`), or ``{"reason"}``."""
+    from multisk.evaluate.search_calibration import calibrate, calibration_source
+
+    if spec is None:
+        return {"reason": "the store records no text encoder, so no caption can be embedded as a query"}
+    source = calibration_source(manifest, args.data, args.split, args.calibration_split, preferred)
+    try:
+        return calibrate(model, emb, source, spec, device=device, quantile=quantile)
+    except FileNotFoundError as err:  # e.g. the word-vector file has moved: the index is still useful
+        return {"reason": f"captions cannot be embedded as queries here ({err})"}
 
 
 def run_search(args: argparse.Namespace) -> int:
     from multisk.evaluate.index import load_index, search_index
+    from multisk.evaluate.search_calibration import confidence_notice
     from multisk.train.process_group import pick_device
 
     index = load_index(args.index)
     spec = index["meta"].get("text_encoder")
     if spec and spec.get("kind", "word_vectors") == "word_vectors":
-        import sys
-
         from multisk.evaluate.text_queries import describe, query_words
 
         words = query_words(spec, args.query, word_vectors=args.word_vectors)
@@ -70,6 +105,9 @@ def run_search(args: argparse.Namespace) -> int:
             print(f"query words used ({describe(spec)}): {' '.join(words[0])}{unknown}", file=sys.stderr)
     hits = search_index(index, args.query, target=args.target, top=args.top, device=pick_device(args.device),
                         checkpoint=args.checkpoint, word_vectors=args.word_vectors)
+    notice = confidence_notice(index["meta"], args.target, hits[0]["score"]) if hits else None
+    if notice:
+        print(notice, file=sys.stderr)
     for rank, hit in enumerate(hits, 1):
         print(f"{rank:3d}  {hit['score']:.4f}  {hit['id']}  {json.dumps(hit.get('caption', ''))}")
     return 0

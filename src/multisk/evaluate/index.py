@@ -11,7 +11,9 @@ the checkpoint beside it, keeps working), then the absolute one; ``--checkpoint`
 file found must have the recorded SHA-256 (else a clear error: another model would give meaningless
 scores), and it is loaded with ``torch.load(weights_only=True)``. The text encoder record says how to
 embed a query (:mod:`multisk.evaluate.text_queries`); a word-vector file that is not where it was can be
-given with ``--word-vectors``.
+given with ``--word-vectors``. Since version 3 the record also holds a score calibration (per search
+target, the best score that 95 % of real captions reach; :mod:`multisk.evaluate.search_calibration`), so
+search can say when a query matches nothing well; older indexes load and search without it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from multisk.errors import DataFormatError
 from multisk.evaluate.loading import load_model
 from multisk.evaluate.text_queries import describe, embed_texts
 
-INDEX_VERSION = 2
+INDEX_VERSION = 3  # 3: a score calibration (multisk.evaluate.search_calibration)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -41,8 +43,10 @@ def file_sha256(path: str | Path) -> str:
 
 
 def save_index(path: str | Path, embeddings: Mapping[str, Any], items, *, checkpoint: str | Path,
-               text_encoder: Optional[Mapping[str, Any]]) -> Path:
-    """Write ``embeddings`` (:func:`multisk.evaluate.pipeline.embed_dataset` output) and item metadata."""
+               text_encoder: Optional[Mapping[str, Any]], calibration: Optional[Mapping[str, Any]] = None) -> Path:
+    """Write ``embeddings`` (:func:`multisk.evaluate.pipeline.embed_dataset` output) and item metadata;
+    ``calibration``: :func:`multisk.evaluate.search_calibration.calibrate`'s record (None: not recorded,
+    as in indexes written before version 3)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = Path(checkpoint).resolve()
@@ -58,6 +62,8 @@ def save_index(path: str | Path, embeddings: Mapping[str, Any], items, *, checkp
         "text_encoder": dict(text_encoder) if text_encoder else None,
         "items": [{k: item.get(k) for k in ("id", "caption", "category", "path") if k in item} for item in items],
     }
+    if calibration is not None:
+        meta["calibration"] = dict(calibration)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8), **arrays)
     tmp.replace(path)
@@ -106,7 +112,10 @@ def index_checkpoint(index: Mapping[str, Any], override: Optional[str | Path] = 
     return found
 
 
-def _target_embeddings(index: Mapping[str, Any], target: str) -> tuple[torch.Tensor, torch.Tensor]:
+def target_embeddings(index: Mapping[str, Any], target: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(gallery (N, E) L2-normalised, valid (N,) bool)`` of a search target: one embedding (``video``),
+    or the mean of several L2-normalised ones, normalised again (late fusion, ``video+audio``); an item is
+    valid when it has every modality the target reads. Raises when no item is."""
     names = target.split("+")
     missing = [n for n in names if n not in index["joint"]]
     if missing:
@@ -141,7 +150,7 @@ def search_index(index: Mapping[str, Any], query: str, *, target: str = "video",
         raise DataFormatError(f"{index['path']}: field 'text_encoder' is missing: the store the index was made from "
                               f"records no text encoder for the model's text input, so a query cannot be embedded "
                               f"like its captions")
-    gallery, valid = _target_embeddings(index, target)
+    gallery, valid = target_embeddings(index, target)
     model, _ = load_model(index_checkpoint(index, checkpoint), device=device)
     q, has_tokens = embed_texts(model, [query], spec, device=device, word_vectors=word_vectors)
     if not bool(has_tokens[0]):
@@ -154,4 +163,4 @@ def search_index(index: Mapping[str, Any], query: str, *, target: str = "video",
     return [{"score": float(scores[i]), **items[i]} for i in order.tolist()]
 
 
-__all__ = ["file_sha256", "index_checkpoint", "load_index", "save_index", "search_index"]
+__all__ = ["file_sha256", "index_checkpoint", "load_index", "save_index", "search_index", "target_embeddings"]
