@@ -30,8 +30,10 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 VOCABULARY = CLASSES + FILLERS
 
 
-def add_caption_split(root: Path, split: str, count: int, seed: int, role: str | None) -> list[str]:
-    """A split of new captions (text only), drawn like the store's own, recorded with ``role``."""
+def add_caption_split(root: Path, split: str, count: int, seed: int, role: str | None,
+                      unknown: tuple[str, ...] = ()) -> list[str]:
+    """A split of new captions (text only), drawn like the store's own, recorded with ``role``; then the
+    ``unknown`` captions (no word in the vocabulary: no text tokens)."""
     rng = np.random.default_rng(seed)
     encoder = FeatureStore(root, "train").info["text_encoder"]
     kv = load_word_vectors(encoder["name"], use_cache=False)
@@ -43,6 +45,9 @@ def add_caption_split(root: Path, split: str, count: int, seed: int, role: str |
             caption = f"{rng.choice(FILLERS)} {rng.choice(FILLERS)} {rng.choice(CLASSES)}"
             writer.add(f"{split}-{i}", {"text": encode_text(kv, caption)}, caption=caption)
             captions.append(caption)
+        for i, caption in enumerate(unknown):
+            assert len(encode_text(kv, caption)) == 0
+            writer.add(f"{split}-unknown{i}", {"text": None}, caption=caption)
     return captions
 
 
@@ -61,7 +66,7 @@ def trained(tmp_path_factory):
     store = write_synthetic_store(base / "store")
     cfg = load_config(CONFIG, tiny_overrides(store, base / "run", **{"train.epochs": 4}))
     train(cfg, progress=False, make_plots=False)
-    add_caption_split(store, "val", 30, seed=5, role="validation")
+    add_caption_split(store, "val", 30, seed=5, role="validation", unknown=("zzz qqq", "xyzzy"))
     return store, base / "run" / "checkpoints" / "latest.pt"
 
 
@@ -99,12 +104,14 @@ def _gallery(index: Path, target: str = "video"):
 
 def test_threshold_is_the_5th_percentile_of_held_out_captions_best_search_scores(trained, tmp_path, capsys):
     store, ckpt = trained
-    captions = [item["caption"] for item in FeatureStore(store, "val").items]
+    captions = [item["caption"] for item in FeatureStore(store, "val").items][:30]
     index = _embed(store, ckpt, tmp_path / "index.npz")
     assert "calibration: 30 captions (held-out split 'val')" in capsys.readouterr().out
     gallery, valid, meta = _gallery(index)
     record = meta["calibration"]
     assert record["split"] == "val" and record["leave_own_item_out"] is False and record["quantile"] == 0.05
+    # a caption without any in-vocabulary word is not a query search would answer: left out, counted
+    assert record["captions"] == 30 and record["captions_without_tokens"] == 2
     model, _ = load_model(ckpt)
     best = _reference_best(model, meta["text_encoder"], captions, gallery, valid)
     assert record["targets"]["video"]["threshold"] == pytest.approx(np.percentile(best, 5), abs=1e-5)
@@ -153,7 +160,7 @@ def test_best_scores_skip_the_own_row_and_invalid_rows():
 
 def test_a_low_scoring_query_gets_the_notice_and_a_real_caption_does_not(trained, tmp_path, capsys):
     store, ckpt = trained
-    captions = [item["caption"] for item in FeatureStore(store, "val").items]
+    captions = [item["caption"] for item in FeatureStore(store, "val").items][:30]
     index = _embed(store, ckpt, tmp_path / "index.npz")
     gallery, valid, meta = _gallery(index)
     threshold = meta["calibration"]["targets"]["video"]["threshold"]
