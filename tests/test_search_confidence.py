@@ -232,3 +232,16 @@ def test_test_splits_never_calibrate(trained, tmp_path, capsys):
     index = _embed(plain, ckpt, tmp_path / "named.npz", "bench_test", "--calibration-split", "train")
     assert load_index(index)["meta"]["calibration"]["split"] == "train"
     assert torch.isfinite(torch.tensor(load_index(index)["meta"]["calibration"]["targets"]["video"]["threshold"]))
+
+
+def test_the_models_own_validation_split_is_preferred(tmp_path, capsys):
+    """A checkpoint trained with ``data.val_split: dev`` calibrates on ``dev`` where the store has it, over
+    a split the manifest calls 'validation'."""
+    store = write_synthetic_store(tmp_path / "store")
+    add_caption_split(store, "dev", 25, seed=7, role=None)
+    add_caption_split(store, "val", 25, seed=8, role="validation")
+    cfg = load_config(CONFIG, tiny_overrides(store, tmp_path / "run", **{"train.epochs": 1, "data.val_split": "dev"}))
+    train(cfg, progress=False, make_plots=False)
+    index = _embed(store, tmp_path / "run" / "checkpoints" / "latest.pt", tmp_path / "index.npz")
+    assert load_index(index)["meta"]["calibration"]["split"] == "dev"
+    assert "calibration: 25 captions (held-out split 'dev')" in capsys.readouterr().out

@@ -59,7 +59,7 @@ def run_embed(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.data)
     spec = query_encoder_spec(manifest, args.split, dataset.modality_map.get("text", "text"))
     calibration = _calibration(model, emb, manifest, spec, args, quantile, device,
-                               preferred=getattr(cfg.data, "val_split", None))
+                               preferred=cfg.data.val_split)
     path = save_index(args.out, emb, dataset.store.items, checkpoint=Path(args.checkpoint), text_encoder=spec,
                       calibration=calibration)
     have = ", ".join(f"{m} {int(flag.sum())}" for m, flag in emb["nonempty"].items())
