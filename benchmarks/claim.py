@@ -77,11 +77,22 @@ def run_one(config: str, overrides: Sequence[str], out_dir: Path) -> Dict:
     cfg = load_config(config, [*overrides, f"train.output_dir={out_dir}"])
     results = train(cfg, progress=False, make_plots=False)
     evaluation = results["evaluation"]
-    return {
+    record = {
         "retrieval": {split: entry["retrieval"] for split, entry in evaluation.items()},
         "structure": {split: entry.get("structure", {}) for split, entry in evaluation.items()},
         "loss": loss_record(out_dir),
     }
+    if "prior" in results:
+        # with the text-space prior (docs/prior.md) the question "does SSPC help?" is about the learned
+        # part: score the same checkpoint with w = 0 too
+        from multisk.commands.demo import prior_ablations
+
+        learned = next(iter(prior_ablations(cfg, out_dir / "checkpoints" / "latest.pt", "run",
+                                            with_prior_alone=False).values()))
+        record["prior_weight"] = results["prior"]["weight"]
+        record["learned"] = {"retrieval": {split: entry["retrieval"] for split, entry in learned.items()},
+                             "structure": {split: entry.get("structure", {}) for split, entry in learned.items()}}
+    return record
 
 
 def mean_std(values: Sequence[float]) -> str:
@@ -213,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     for level in levels:
         rows = {name: [r["retrieval"] for r in runs[name][level]] for name in names}
+        rows.update({f"{name}, learned part (w = 0)": [r["learned"]["retrieval"] for r in runs[name][level]]
+                     for name in names if all("learned" in r for r in runs[name][level])})
         if level == levels[0]:
             rows.update({f"baseline: {b}": [per_split] for b, per_split in baselines.get("runs", {}).items()})
         report += ["", f"## Captions of {int(round(100 * level))} % of the training pairs shuffled", "",
@@ -223,6 +236,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     splits = list(dict.fromkeys(split for split, _, _ in reported))
     structure_rows = {f"{name} @ {int(round(100 * lv))} %": [r["structure"] for r in runs[name][lv]]
                       for lv in levels for name in names}
+    structure_rows.update({f"{name}, learned part @ {int(round(100 * lv))} %": [r["learned"]["structure"]
+                                                                              for r in runs[name][lv]]
+                           for lv in levels for name in names if all("learned" in r for r in runs[name][lv])})
+    weights = {name: [r["prior_weight"] for lv in levels for r in runs[name][lv] if "prior_weight" in r] for name in names}
+    if any(weights.values()):
+        report += ["", "Text-space prior weight w chosen on the validation split, per run: " + "; ".join(
+            f"{name} {', '.join(f'{w:.1f}' for w in ws)}" for name, ws in weights.items() if ws)]
     report += ["", "## Structure preservation: mean 10-NN Jaccard (×100) between frozen input features and the "
                "joint space", "", structure_table(structure_rows, splits)]
     if baselines.get("skipped"):

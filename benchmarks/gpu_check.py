@@ -113,6 +113,8 @@ def store_overrides(store: Path, out: Path, device: str, **extra: Any) -> List[s
         "model.embed_dim": 32, "model.num_heads": 4, "model.projection_dim": 24, "model.num_anchors": 8,
         "model.audio_width_divisor": 32, "loss.sspc.queue_size": 16, "train.batch_size": 8, "train.epochs": 2,
         "train.log_every": 1, "train.output_dir": str(out), "train.lr": 0.001, "train.device": device,
+        # the demo's text-space prior needs a val split and Lite0 pictures for its concept head
+        "model.prior.enabled": "false", "model.prior.concept_classes": 0, "data.val_split": "null",
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]

@@ -16,10 +16,12 @@ CONFIG = REPO / "configs" / "demo.yaml"
 
 
 def test_claim_quick_mode_reports_all_variants_and_runs_their_losses(tmp_path):
-    store = write_synthetic_store(tmp_path / "store")
-    # a queue of 16 fills after 2 batches of 8: SSPC is active for most of the 48-item epoch
-    sets = [a for kv in tiny_overrides(store, tmp_path / "unused") if not kv.startswith(("train.output_dir", "train.epochs"))
-            for a in ("--set", kv)]
+    store = write_synthetic_store(tmp_path / "store", n_val=16)
+    # a queue of 16 fills after 2 batches of 8: SSPC is active for most of the 48-item epoch; shaped like
+    # the demo's recipe: a val split and the text-space prior (no concept head: no Lite0 pictures here)
+    prior = {"model.prior.enabled": "true", "data.val_split": "val"}
+    sets = [a for kv in tiny_overrides(store, tmp_path / "unused", **prior)
+            if not kv.startswith(("train.output_dir", "train.epochs")) for a in ("--set", kv)]
     out, raw = tmp_path / "results.md", tmp_path / "raw.json"
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "claim.py"), "--quick", "--data", str(store),
@@ -31,6 +33,11 @@ def test_claim_quick_mode_reports_all_variants_and_runs_their_losses(tmp_path):
     for variant in ("contrastive", "sspc_multi", "sspc_classic"):
         assert f"| {variant} | 1 |" in text
     assert "| baseline: linear_probe | 1 |" in text and "| baseline: random | 1 |" in text
+    # the learned part of each prior-mixed run is scored on its own (w = 0), its structure too
+    for variant in ("contrastive", "sspc_multi"):
+        assert f"| {variant}, learned part (w = 0) | 1 |" in text
+        assert f"| {variant}, learned part @ 50 % | 1 |" in text
+    assert "Text-space prior weight w chosen on the validation split" in text
     assert "Captions of 50 % of the training pairs shuffled" in text and "Structure preservation" in text
     data = json.loads(raw.read_text())
     runs = data["runs"]

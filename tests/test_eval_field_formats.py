@@ -70,6 +70,7 @@ def field_run(tmp_path_factory):
         "model.projection_dim=16", "model.num_anchors=4", "model.audio_width_divisor=64",
         "loss.sspc.queue_size=8", "train.batch_size=2", "train.epochs=2", "train.log_every=1",
         f"train.output_dir={base / 'run'}", "train.eval_every=0",
+        "model.prior.enabled=false", "model.prior.concept_classes=0", "data.val_split=null",
     ]
     assert main(["train", "--config", str(CONFIG), "--no-progress", *overrides]) == 0
     return {"base": base, "store": store, "run": base / "run", "msrvtt": msrvtt, "youcook": youcook}

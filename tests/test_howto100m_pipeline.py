@@ -76,6 +76,8 @@ def howto_overrides(fx: dict, vectors: Path, dim: int, out: Path, **extra) -> li
         "data.max_audio_frames": 768, "model.text_dim": dim, "model.video_dim": 4096, "model.embed_dim": 32,
         "model.num_heads": 4, "model.projection_dim": 24, "model.num_anchors": 8, "model.audio_width_divisor": 32,
         "loss.sspc.queue_size": 8, "loss.sspc.warmup": "none", "train.log_every": 1, "train.output_dir": out,
+        # HowTo100M training has no val split of its own (the demo's text-space prior chooses on one)
+        "model.prior.enabled": "false", "model.prior.concept_classes": 0, "data.val_split": "null",
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]

@@ -268,3 +268,13 @@ def test_concept_head_on_a_store_without_lite0_pictures_is_a_config_error(store,
     cfg = load_config(CONFIG, prior_overrides(store, tmp_path / "c", **{"model.prior.concept_classes": 1000}))
     with pytest.raises(ConfigError, match="concept_classes"):
         fit_text_space_prior(build_model(cfg), cfg, build_train_dataset(cfg))
+
+
+def test_a_validation_split_of_other_features_is_a_config_error():
+    from multisk.train.prior_fit import _validation_pairs
+
+    ones = np.ones(6, dtype=bool)
+    train = {"video": (np.zeros((6, 8)), ones), "text": (np.zeros((6, 4)), ones)}
+    val = {"video": (np.zeros((3, 5)), ones[:3]), "text": (np.zeros((3, 4)), ones[:3])}
+    with pytest.raises(ConfigError, match="data.val_split"):
+        _validation_pairs("video", train, val, None, None, seed=0)

@@ -85,6 +85,10 @@ def _validation_pairs(modality: str, train: Mapping, val: Optional[Mapping], val
     paired = present & t_present
     if val is not None and modality in val and "text" in val:
         vx, vp = val[modality]
+        if vx.shape[1] != x.shape[1] or val["text"][0].shape[1] != t.shape[1]:
+            raise ConfigError(f"data.val_split: its {modality} / text features are {vx.shape[1]} / "
+                              f"{val['text'][0].shape[1]} wide, the training data's {x.shape[1]} / {t.shape[1]}: "
+                              "the validation split must come from the training source")
         vt, vtp = val["text"]
         val_paired = vp & vtp
         if val_paired.sum() >= 2:
