@@ -179,6 +179,7 @@ def test_train_on_the_howto100m_layout(tmp_path):
         f"data.howto_audio_path={fx['audio']}", f"data.howto_caption_path={fx['captions']}",
         f"data.word_vectors={vectors}", "data.clips_per_video=4", "data.eval_splits=[]", "data.modality_map.text=text",
         "data.max_video_tokens=12", "data.max_audio_frames=768",
+        "model.prior.enabled=false", "model.prior.concept_classes=0", "data.val_split=null",  # no val split here
         f"model.text_dim={kv.vector_size}", "model.video_dim=4096", "model.embed_dim=32", "model.num_heads=4",
         "model.projection_dim=24", "model.num_anchors=8", "model.audio_width_divisor=32",
         "loss.sspc.queue_size=8", "loss.sspc.warmup=none", "train.batch_size=2", "train.epochs=3",

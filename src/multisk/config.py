@@ -80,6 +80,10 @@ class ModelConfig:
     # DAVEnet's stages in backward instead of keeping their activations
     norm_outputs_in_autocast_dtype: bool = False
     recompute_audio_encoder: bool = False
+    # run DAVEnet only on the samples that have audio frames (their outputs are the only ones kept; also
+    # keeps empty samples' zero padding out of BatchNorm's training statistics). Not the reference; off by
+    # default; the picture-heavy clipart demo turns it on (5 of 6 items there have no sound)
+    audio_skip_empty: bool = False
     # add Linear(LayerNorm(mean input features)) to each text / video joint embedding: a linear path
     # from the frozen pre-trained features around the transformer (not in the paper; docs/results.md)
     input_residual: bool = False

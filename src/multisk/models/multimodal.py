@@ -257,6 +257,31 @@ class MultiModalModel(nn.Module):
         x = torch.where(use_masking_token[..., None], self.masking_tokens[modality].to(x.dtype), x)
         return ModalityTokens(x, mask | use_masking_token, nonempty)
 
+    def encode_spectrogram(self, spectrogram: Tensor, frame_mask: Tensor) -> Tuple[Tensor, Tensor]:
+        """DAVEnet tokens ``(B, T', d_a)`` and token mask ``(B, T')`` of a ``(B, n_mels, F)`` batch.
+
+        With ``model.audio_skip_empty`` only the samples with at least one valid frame go through the
+        encoder; the others get zero tokens and an all-False mask, exactly what their masking token then
+        replaces. Their outputs are discarded either way, so the only differences are the cost and that
+        their zero padding no longer enters BatchNorm's batch statistics in training (the reference runs
+        every sample; off by default). It reads the mask on the host: one synchronisation per step on CUDA.
+        """
+        assert isinstance(self.audio_encoder, DAVEnet)
+        if not self.cfg.audio_skip_empty:
+            return self.audio_encoder(spectrogram, frame_mask)
+        has_frames = (frame_mask > 0).any(dim=1)
+        rows = torch.nonzero(has_frames).squeeze(1)
+        n_tokens = -(-spectrogram.shape[2] // self.audio_encoder.total_stride)
+        if rows.numel() == spectrogram.shape[0]:
+            return self.audio_encoder(spectrogram, frame_mask)
+        tokens = spectrogram.new_zeros(spectrogram.shape[0], n_tokens, self.audio_encoder.out_dim)
+        token_mask = torch.zeros(spectrogram.shape[0], n_tokens, dtype=torch.bool, device=spectrogram.device)
+        if rows.numel() > 0:
+            encoded, encoded_mask = self.audio_encoder(spectrogram[rows], frame_mask[rows])
+            tokens = tokens.to(encoded.dtype).index_copy(0, rows, encoded)
+            token_mask = token_mask.index_copy(0, rows, encoded_mask)
+        return tokens, token_mask
+
     def embed_tokens(self, batch: Mapping[str, Tensor]) -> Dict[str, ModalityTokens]:
         """Validate the batch and return the projected tokens of every modality of the model."""
         self._check_batch(batch)
@@ -264,8 +289,7 @@ class MultiModalModel(nn.Module):
         for m in self.modalities:
             features, mask = batch[m], batch[f"{m}_mask"]
             if self.modality_table[m].encoder == "spectrogram":
-                assert isinstance(self.audio_encoder, DAVEnet)
-                features, mask = self.audio_encoder(features, mask)
+                features, mask = self.encode_spectrogram(features, mask)
             out[m] = self.project_tokens(m, features, mask)
         return out
 
