@@ -140,6 +140,17 @@ def test_a_fourth_modality_declared_in_yaml_only_trains_one_step_and_is_evaluate
     assert saved["evaluation"]["test"]["inputs"]["items_with"]["flow"] == 24 - 24 // 5  # every fifth item lacks it
     assert saved["evaluation"]["test"]["retrieval"]["f2t"] == retrieval["f2t"]
 
+    # free-form text queries (search, classification by class names) feed the flow row empty, too
+    from multisk.data.feature_store import read_manifest
+    from multisk.evaluate.text_queries import embed_texts, query_encoder_spec
+
+    spec = query_encoder_spec(read_manifest(flow_store), "test", "text")
+    model.eval()
+    with torch.no_grad():
+        embedded, has_tokens = embed_texts(model, ["a small cat", "qqqq"], spec, device="cpu")
+    assert embedded.shape[0] == 2 and has_tokens.tolist() == [True, False]
+    assert torch.isfinite(embedded).all()
+
 
 def test_directions_of_a_fourth_modality_are_listed_when_skipped(flow_store, tmp_path):
     cfg = load_config(_flow_config(tmp_path, flow_store))

@@ -112,12 +112,17 @@ def embed_texts(model, texts: Sequence[str], spec: Mapping[str, Any], *, device,
         text[i, : r.shape[0]] = torch.from_numpy(r)
         mask[i, : r.shape[0]] = 1
     batch = {"text": text.to(device), "text_mask": mask.to(device)}
-    # the other modalities are present but empty, as for a text-only item
-    for key, shape in (("video", (count, 1, model.cfg.video_dim)), ("audio", (count, model.cfg.audio_mels, 64))):
-        if key not in model.cfg.modalities:
+    # every other modality of the model (configured rows included) is present but empty, as for a text-only
+    # item: token rows (count, 1, dim), a spectrogram (count, n_mels, 64), all masked out
+    for key in model.modalities:
+        if key == "text":
             continue
-        batch[key] = torch.zeros(shape, device=device)
-        batch[f"{key}_mask"] = torch.zeros(count, shape[-1] if key == "audio" else shape[1], device=device)
+        if model.modality_table[key].encoder == "spectrogram":
+            batch[key] = torch.zeros(count, model.cfg.audio_mels, 64, device=device)
+        else:
+            batch[key] = torch.zeros(count, 1, model.feature_dims[key], device=device)
+        frames_last = model.modality_table[key].encoder == "spectrogram"
+        batch[f"{key}_mask"] = torch.zeros(count, batch[key].shape[-1 if frames_last else 1], device=device)
     batch["index"] = torch.arange(count, device=device)
     batch["id"] = [str(t) for t in texts]
     was_training = model.training
