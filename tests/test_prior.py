@@ -235,7 +235,7 @@ def test_weight_is_the_best_validation_mix_of_a_literal_search(store, tmp_path):
     assert float(model.prior.mix_weight) == pytest.approx(choice["weight"])
 
 
-def test_a_run_with_the_prior_records_its_choices_and_its_checkpoint_evaluates_the_same(store, tmp_path):
+def test_a_run_with_the_prior_records_its_choices_and_its_checkpoint_evaluates_the_same(store, tmp_path, capsys):
     out = tmp_path / "run"
     cfg = load_config(CONFIG, prior_overrides(store, out))
     results = train(cfg, progress=False, make_plots=False)
@@ -251,6 +251,21 @@ def test_a_run_with_the_prior_records_its_choices_and_its_checkpoint_evaluates_t
     again = evaluate_model(model, {"test": eval_store_dataset(loaded_cfg, str(store), "test")})
     for direction, metrics in results["evaluation"]["test"]["retrieval"].items():
         assert again["test"]["retrieval"][direction]["R10"] == pytest.approx(metrics["R10"])
+
+    # `multisk eval --prior-weight 0` as a user types it: the learned embeddings alone
+    from multisk.cli import main
+
+    assert main(["eval", "--checkpoint", str(out / "checkpoints" / "latest.pt"), "--data", str(store), "--split", "test",
+                 "--prior-weight", "0", "--out", str(tmp_path / "w0")]) == 0
+    learned_only = json.loads((tmp_path / "w0" / "results.json").read_text())["test"]["retrieval"]
+    model.prior.mix_weight.fill_(0.0)
+    expected = evaluate_model(model, {"test": eval_store_dataset(loaded_cfg, str(store), "test")})["test"]["retrieval"]
+    assert learned_only["t2v"]["R10"] == pytest.approx(expected["t2v"]["R10"])
+    assert learned_only["t2v"]["MedR"] == pytest.approx(expected["t2v"]["MedR"])
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "checkpoints" / "latest.pt"), "--data", str(store), "--split", "test",
+                 "--prior-weight", "1.5", "--out", str(tmp_path / "bad")]) == 2
+    assert "--prior-weight: must be in [0, 1]" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra, field", [

@@ -436,7 +436,7 @@ def _evaluate(run: Run, keep_embeddings: bool = False) -> Dict[str, Any]:
 def _finish(run: Run, make_plots: bool) -> Dict[str, Any]:
     results: Dict[str, Any] = {"steps": run.state.global_step, "skipped_batches": run.state.skipped_batches}
     if run.model.prior is not None:
-        results["prior"] = {"weight": float(run.model.prior.mix_weight), **run.prior_report}
+        results["prior"] = {"weight": round(float(run.model.prior.mix_weight), 6), **run.prior_report}  # a float32 buffer
     if run.cfg.data.eval_splits:
         evaluation = _evaluate(run, keep_embeddings=True)
         if run.ctx.is_main:
