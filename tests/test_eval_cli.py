@@ -40,7 +40,10 @@ def trained(tmp_path_factory):
     store = write_synthetic_store(base / "store")
     add_split_without(store, "test", "test_audio", "video")
     add_split_without(store, "test", "test_no_audio", "audio")
-    cfg = load_config(CONFIG, tiny_overrides(store, base / "run", **{"train.epochs": 6, "train.ema_decay": 0.9}))
+    # the paper's temperature: at this seconds-long schedule the demo's softer 0.1 leaves the tiny model near
+    # chance on classification (22 % vs 16.7 %), and this module tests the commands, not the recipe
+    cfg = load_config(CONFIG, tiny_overrides(store, base / "run", **{"train.epochs": 6, "train.ema_decay": 0.9,
+                                                                     "loss.contrastive.temperature": 0.05}))
     train(cfg, progress=False, make_plots=False)
     return store, base / "run" / "checkpoints" / "latest.pt"
 
