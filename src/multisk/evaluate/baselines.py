@@ -198,7 +198,7 @@ def _valid_directions(embeddings, present, directions) -> List[str]:
 # the baselines
 
 
-def _carve_validation(n_items: int, usable: np.ndarray, seed: int) -> np.ndarray:
+def carve_validation(n_items: int, usable: np.ndarray, seed: int) -> np.ndarray:
     """(n,) bool: a seeded VAL_FRACTION of the usable items (at least 1, leaving at least 2)."""
     candidates = np.flatnonzero(usable)
     count = min(max(1, int(round(VAL_FRACTION * candidates.size))), max(0, candidates.size - 2))
@@ -258,7 +258,7 @@ def fit_linear_probes(
             vg = val_groups[val_paired] if val_groups is not None else None
             source = f"split {val.split!r} ({int(val_paired.sum())} items)"
         else:
-            held_out = _carve_validation(len(train), paired, seed)
+            held_out = carve_validation(len(train), paired, seed)
             fit_mask = paired & ~held_out
             selection = RidgeMap().fit(feats[fit_mask], text[fit_mask])
             vx, vt = feats[held_out], text[held_out]
@@ -443,5 +443,5 @@ def compute_baselines(
 __all__ = [
     "BASELINES", "RIDGE_LAMBDAS", "RidgeMap", "class_name_embeddings", "classname_bridge_embeddings",
     "compute_baselines", "fit_linear_probes", "imagenet_class_names", "pooled_features", "store_groups",
-    "structure_preservation", "text_modality",
+    "carve_validation", "structure_preservation", "text_modality",
 ]

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from multisk.config import Config, ConfigError
 from multisk.data.dataset import collate_batch
 from multisk.data.lite0 import load_lite0
-from multisk.evaluate.baselines import class_name_embeddings, imagenet_class_names
+from multisk.evaluate.baselines import carve_validation, class_name_embeddings, imagenet_class_names
 from multisk.evaluate.directions import evaluate_directions
 from multisk.evaluate.pipeline import caption_groups
 from multisk.models.prior import RidgeMap, TextSpacePrior, combine_with_prior, pool_inputs
@@ -38,7 +38,6 @@ from multisk.models.prior import RidgeMap, TextSpacePrior, combine_with_prior, p
 RIDGE_LAMBDAS = (1.0, 10.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
 CONCEPT_MIXES = tuple(round(0.1 * i, 1) for i in range(11))
 PRIOR_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
-VAL_FRACTION = 0.1
 LITE0_DIM, IMAGENET_CLASSES, MINILM_DIM = 1280, 1000, 384
 
 
@@ -94,14 +93,10 @@ def _validation_pairs(modality: str, train: Mapping, val: Optional[Mapping], val
         if val_paired.sum() >= 2:
             groups = val_groups[val_paired] if val_groups is not None else None
             return paired, vx[val_paired], vt[val_paired], groups, f"validation split ({int(val_paired.sum())} pairs)"
-    candidates = np.flatnonzero(paired)
-    count = min(max(1, int(round(VAL_FRACTION * candidates.size))), max(0, candidates.size - 2))
-    held = np.random.default_rng(seed).permutation(candidates)[:count]
-    held_mask = np.zeros(len(paired), dtype=bool)
-    held_mask[held] = True
+    held_mask = carve_validation(len(paired), paired, seed)  # the linear probe's carve, same seed rule
     groups = train_groups[held_mask] if train_groups is not None else None
     return (paired & ~held_mask, x[held_mask], t[held_mask], groups,
-            f"seeded {count} of the {candidates.size} training pairs (seed {seed})")
+            f"seeded {int(held_mask.sum())} of the {int(paired.sum())} training pairs (seed {seed})")
 
 
 def _fit_ridge(prior: TextSpacePrior, modality: str, train, val, val_groups, train_groups, seed: int, table) -> Dict[str, Any]:
@@ -226,12 +221,8 @@ def choose_prior_weight(model: torch.nn.Module, val_dataset, *, device: torch.de
         scores = []
         for m in targets:
             keep = flags[m] & flags["text"]
-            direction = _text_to(m, table)
-            ones = np.ones(int(keep.sum()), dtype=bool)
-            scored = evaluate_directions({"text": combined["text"][keep].numpy(), m: combined[m][keep].numpy()},
-                                         {"text": ones, m: ones}, groups=groups[keep] if groups is not None else None,
-                                         directions=[direction], table=table)
-            scores.append(_rsum(scored[direction]))
+            scores.append(_val_rsum(combined["text"][keep].numpy(), combined[m][keep].numpy(), m,
+                                    groups[keep] if groups is not None else None, table))
         curve.append({"weight": float(w), "rsum": float(np.mean(scores))})
     best = max(curve, key=lambda c: c["rsum"])
     prior.mix_weight.fill_(best["weight"])
