@@ -34,7 +34,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,6 +92,25 @@ def run_one(config: str, overrides: Sequence[str], out_dir: Path) -> Dict:
         record["prior_weight"] = results["prior"]["weight"]
         record["learned"] = {"retrieval": {split: entry["retrieval"] for split, entry in learned.items()},
                              "structure": {split: entry.get("structure", {}) for split, entry in learned.items()}}
+    return record
+
+
+RECORD_FILE = "claim_record.json"
+
+
+def reused_record(out_dir: Path, config: str, overrides: Sequence[str]) -> Optional[Dict]:
+    """A finished run's record when ``out_dir`` holds one made with the same config file and overrides.
+
+    Only the command line is compared: a record made before the recipe (``config``'s contents or the
+    code) changed is reused too, so ``--reuse`` is for resuming an interrupted sweep or adding levels
+    to one, not for comparing code versions.
+    """
+    path = out_dir / RECORD_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if record.get("config") != config or record.get("overrides") != list(overrides):
+        return None
     return record
 
 
@@ -162,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                         help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    parser.add_argument("--reuse", action="store_true",
+                        help=f"reuse runs under --work whose {RECORD_FILE} has the same config and overrides "
+                             "(resume an interrupted sweep, or add corruption levels to one)")
     parser.add_argument("--corrupt", default="0",
                         help="comma-separated fractions of training pairs whose captions are shuffled, e.g. 0,0.3,0.6")
     parser.add_argument("--no-baselines", action="store_true", help="skip the training-free baseline rows")
@@ -201,11 +223,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             for seed in seeds:
                 t0 = time.perf_counter()
                 tag = f"{name}_c{int(round(100 * level))}_seed{seed}"
-                record = run_one(args.config, [*base, *VARIANTS[name], f"data.corrupt_fraction={level}",
-                                               f"train.seed={seed}"], work / tag)
-                record["seed"] = seed
+                overrides = [*base, *VARIANTS[name], f"data.corrupt_fraction={level}", f"train.seed={seed}"]
+                record = reused_record(work / tag, args.config, overrides) if args.reuse else None
+                if record is None:
+                    record = run_one(args.config, overrides, work / tag)
+                    record.update(seed=seed, config=args.config, overrides=overrides)
+                    (work / tag / RECORD_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
+                    print(f"[claim] {tag}: {time.perf_counter() - t0:.0f} s", flush=True)
+                else:
+                    print(f"[claim] {tag}: reused {work / tag / RECORD_FILE}", flush=True)
                 runs.setdefault(name, {}).setdefault(level, []).append(record)
-                print(f"[claim] {tag}: {time.perf_counter() - t0:.0f} s", flush=True)
 
     baselines: Dict[str, Any] = {}
     if not args.no_baselines:

@@ -58,6 +58,28 @@ def test_claim_quick_mode_reports_all_variants_and_runs_their_losses(tmp_path):
     assert all(runs[v]["0.5"][0]["loss"]["corrupt_fraction"] == 0.5 for v in runs)
     assert 0 <= runs["contrastive"]["0.5"][0]["structure"]["test"]["video"]["knn_jaccard"] <= 1
 
+    # --reuse: a level added to the sweep trains only the new runs; a finished run with the same command
+    # line is read back (same numbers), one with other overrides is trained again
+    again = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "claim.py"), "--quick", "--data", str(store), "--reuse",
+         "--work", str(tmp_path / "runs"), "--out", str(tmp_path / "again.md"), "--json", str(tmp_path / "again.json"),
+         "--corrupt", "0,0.5", "--variants", "contrastive,sspc_multi", "--no-baselines",
+         "--reported", "test:t2v,test:t2a", *sets, "--set", "train.lr=0.002"],
+        capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert ": reused " not in again.stdout  # the extra --set changed every run's overrides
+    reused = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "claim.py"), "--quick", "--data", str(store), "--reuse",
+         "--work", str(tmp_path / "runs"), "--out", str(tmp_path / "reused.md"), "--json", str(tmp_path / "reused.json"),
+         "--corrupt", "0,0.5", "--variants", "contrastive", "--no-baselines",
+         "--reported", "test:t2v,test:t2a", *sets, "--set", "train.lr=0.002"],
+        capture_output=True, text=True, timeout=600)
+    assert reused.returncode == 0, reused.stderr[-3000:]
+    assert reused.stdout.count(": reused ") == 2 and "training:" not in reused.stdout + reused.stderr
+    first, second = (json.loads((tmp_path / f).read_text())["runs"]["contrastive"] for f in ("again.json", "reused.json"))
+    assert first == second
+    assert "Weak alignment: R@10 and MedR by corruption level" in (tmp_path / "reused.md").read_text()
+
 
 def test_corrupt_fraction_shuffles_training_captions_only(tmp_path):
     from multisk.config import ConfigError, load_config

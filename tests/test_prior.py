@@ -156,6 +156,71 @@ def test_model_returns_the_mix_in_evaluation_and_the_learned_embeddings_in_train
                                    model.anchors.joint_scores(m, learned).detach().numpy(), atol=1e-6)
 
 
+def _literal_info_nce(a, b, temperature):
+    """Symmetric InfoNCE over a (n, d) and b (n, d) rows, literal loops: mean over rows of both directions."""
+    n = len(a)
+    total = 0.0
+    for x, y in ((a, b), (b, a)):
+        for i in range(n):
+            logits = [float(x[i] @ y[j]) / temperature for j in range(n)]
+            top = max(logits)
+            total += -(logits[i] - top - np.log(sum(np.exp(v - top) for v in logits)))
+    return total / n
+
+
+def test_training_with_the_prior_scores_the_mix_in_the_contrastive_loss_and_sspc_reads_the_learned_part(store, tmp_path):
+    """model.prior.train_weight = w_t: the contrastive loss scores [√(1-w_t) x̂ ; √w_t p] (a literal InfoNCE
+    on that concatenation), gradients reach the learned parameters only, SSPC's terms equal those of the
+    same output without the mix, and w_t = 0 adds nothing."""
+    from multisk.losses.objective import TrainingObjective
+
+    w_t = 0.3
+    cfg = load_config(CONFIG, prior_overrides(store, tmp_path / "tw", **{
+        "model.prior.train_weight": w_t, "loss.sspc.enabled": "true", "loss.sspc.warmup": "none",
+        "loss.contrastive.pair_weights": "{text-video: 1.0, text-audio: 0.0, video-audio: 0.0}"}))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    dataset = build_train_dataset(cfg)
+    batch = collate_fn_for(dataset)([dataset[i] for i in range(8)])
+    batch = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in batch.items()}
+    fit_text_space_prior(model, cfg, dataset)
+    model.train()
+    out = model(batch)
+    mixed = out["contrastive_embeddings"]
+    assert mixed["video"].shape[1] == cfg.model.projection_dim + TEXT_DIM
+    assert out["joint_normalized"]["video"].shape[1] == cfg.model.projection_dim
+    for m in ("text", "video"):
+        learned = torch.nn.functional.normalize(out["joint"][m], dim=-1).detach().numpy()
+        expected = np.concatenate([np.sqrt(1 - w_t) * learned, np.sqrt(w_t) * out["prior"][m].numpy()], axis=1)
+        np.testing.assert_allclose(mixed[m].detach().numpy(), expected, atol=1e-6)
+
+    objective = TrainingObjective(cfg.loss, cfg.model, available_embeddings=list(out["joint"]))
+    twin_state = {k: v.clone() for k, v in objective.state_dict().items()}
+    losses = objective(out, model.anchors)
+    both = (out["nonempty"]["text"] & out["nonempty"]["video"]).numpy()
+    assert both.sum() >= 4
+    t, v = mixed["text"].detach().numpy()[both], mixed["video"].detach().numpy()[both]
+    assert float(losses["contrastive"]) == pytest.approx(
+        _literal_info_nce(t, v, cfg.loss.contrastive.temperature), rel=1e-4)
+    # SSPC sees the learned embeddings: the same value as for the output without the mixed key (a twin
+    # objective with the same, still empty, queues)
+    twin = TrainingObjective(cfg.loss, cfg.model, available_embeddings=list(out["joint"]))
+    twin.load_state_dict(twin_state)
+    plain = {k: v for k, v in out.items() if k != "contrastive_embeddings"}
+    assert float(losses["sspc"]) != 0.0
+    assert float(losses["sspc"]) == pytest.approx(float(twin(plain, model.anchors)["sspc"]), rel=1e-5)
+
+    losses["loss"].backward()
+    assert all(b.grad is None for b in model.prior.buffers())
+    assert all(p.grad is not None for p in model.projections["video"].parameters())
+
+    # w_t = 0 (the default): no mixed key, the loss reads the learned embeddings
+    cfg0 = load_config(CONFIG, prior_overrides(store, tmp_path / "tw0"))
+    model0 = build_model(cfg0)
+    model0.train()
+    assert "contrastive_embeddings" not in model0(batch)
+
+
 def _literal_val_rsum(text, other, groups):
     ones = np.ones(len(text), dtype=bool)
     m = evaluate_directions({"text": text.astype(np.float32), "video": other.astype(np.float32)},
@@ -273,6 +338,9 @@ def test_a_run_with_the_prior_records_its_choices_and_its_checkpoint_evaluates_t
     ({"data.eval_splits": "[test,val]"}, "data.val_split"),
     ({"model.prior.concept_classes": 3, "model.modalities": "[text,audio]"}, "model.prior.concept_classes"),
     ({"model.prior.weight": 1.5}, "model.prior.weight"),
+    ({"model.prior.train_weight": 1.0}, "model.prior.train_weight"),
+    ({"model.prior.train_weight": -0.1}, "model.prior.train_weight"),
+    ({"model.prior.train_weight": 0.5, "model.prior.enabled": "false"}, "model.prior.train_weight"),
 ])
 def test_bad_prior_settings_are_config_errors_naming_the_field(store, tmp_path, extra, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

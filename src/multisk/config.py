@@ -43,6 +43,10 @@ class PriorConfig:
     # w of the retrieval embeddings [sqrt(1-w) learned ; sqrt(w) prior]; null = chosen on data.val_split
     # after training (the grid 0, 0.1, ..., 1)
     weight: Optional[float] = None
+    # w_train in [0, 1): > 0 trains the learned part *with* the prior, the contrastive loss then scores the
+    # embeddings [sqrt(1-w_train) learned ; sqrt(w_train) prior] (the learned part learns what the prior gets
+    # wrong; SSPC still reads the learned embeddings). 0 = the prior is added only after training
+    train_weight: float = 0.0
 
 
 @dataclass
@@ -288,6 +292,12 @@ def validate_model_config(m: ModelConfig) -> None:
                           f"(got {p.concept_classes})")
     if p.weight is not None and not 0.0 <= p.weight <= 1.0:
         raise ConfigError(f"model.prior.weight: must be in [0, 1] or null (chosen on data.val_split), got {p.weight}")
+    if not 0.0 <= p.train_weight < 1.0:
+        raise ConfigError(f"model.prior.train_weight: must be in [0, 1) (1 would leave nothing to train), "
+                          f"got {p.train_weight}")
+    if p.train_weight > 0 and not p.enabled:
+        raise ConfigError("model.prior.train_weight: > 0 trains with the text-space prior, which needs "
+                          "model.prior.enabled: true")
 
 
 def _check(cfg: Config) -> None:

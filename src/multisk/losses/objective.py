@@ -75,7 +75,9 @@ class TrainingObjective(nn.Module):
         if self.sspc is not None:
             if anchors is None:
                 raise ValueError("TrainingObjective: SSPC is enabled, pass the model's anchor heads (model.anchors)")
-            sspc, terms = self.sspc(output, anchors, keys)
+            # SSPC reads the learned joint embeddings; the gathered keys are those only when the
+            # contrastive loss scores them too (not with model.prior.train_weight > 0)
+            sspc, terms = self.sspc(output, anchors, None if "contrastive_embeddings" in output else keys)
             loss = contrastive + self.sspc_weight * sspc
             result.update({f"sspc/{name}": value for name, value in terms.items()})
         else:

@@ -145,6 +145,7 @@ class MultiModalModel(nn.Module):
             if cfg.prior.enabled
             else None
         )
+        self.prior_train_weight = float(cfg.prior.train_weight) if cfg.prior.enabled else 0.0
         if cfg.num_anchors < 0:
             raise ConfigError(f"model.num_anchors: must be >= 0, got {cfg.num_anchors}")
         # num_anchors = 0 builds no anchor sets (a contrastive-only model has no unused parameters,
@@ -342,6 +343,11 @@ class MultiModalModel(nn.Module):
         extra: Dict[str, Dict] = {}
         if self.prior is not None:
             extra["prior"] = self.prior(batch)
+            if self.training and self.prior_train_weight > 0:
+                # the contrastive loss scores [√(1-w_t) x̂ ; √w_t p]: the learned part learns what the
+                # prior gets wrong (model.prior.train_weight); SSPC and the anchors read x̂ only
+                extra["contrastive_embeddings"] = combine_with_prior(joint_normalized, extra["prior"],
+                                                                     self.prior_train_weight)
             if not self.training:
                 # evaluation returns the retrieval embeddings [√(1-w) x̂ ; √w p] (multisk.models.prior);
                 # the losses (training mode) and the anchor scores read the learned ones only
