@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from multisk.config import ContrastiveConfig, LossConfig, ModelConfig, SSPCConfig
+from multisk.models.prior import combine_with_prior
 from multisk.losses import (
     CombinatorialContrastiveLoss,
     StructurePreservingLoss,
@@ -31,6 +32,7 @@ MODS = ("text", "video", "audio")
 WORLD = 2
 GLOBAL_BATCH = 8
 FEATURES, D, E, K = 6, 5, 7, 4
+PRIOR_DIM = 3
 
 
 class TinyAnchors(nn.Module):
@@ -165,6 +167,31 @@ def run_scenarios(rank: int, world: int) -> dict:
         )
         sgd_step(list(model.parameters()), [p.grad for p in model.parameters()])
     results["total_queues"] = {key: value.clone() for key, value in objective.state_dict().items()}
+
+    # 4. the same with the text-space prior in the contrastive loss (model.prior.train_weight): the loss
+    # gathers the mixed embeddings [sqrt(1-w) x ; sqrt(w) p] (width E + PRIOR_DIM), SSPC gathers its own
+    model = fresh_model()
+    wrapped = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    objective = TrainingObjective(
+        LossConfig(contrastive=contrastive_cfg, sspc=SSPCConfig(queue_size=8, n_iters=10)),
+        ModelConfig(embed_dim=D, projection_dim=E, num_anchors=K, num_heads=1),
+        {"text", "video", "audio", "video_audio"},
+    )
+    results["mixed"] = []
+    for batch in data[:3]:
+        features, nonempty = local_slice(batch, rank, world)
+        prior = {m: F.normalize(features[m][:, :PRIOR_DIM], dim=-1) for m in MODS}  # a frozen function of the input
+        model.zero_grad()
+        out = wrapped(features, nonempty)
+        out["contrastive_embeddings"] = combine_with_prior(out["joint_normalized"], prior, 0.4)
+        losses = objective(out, model.anchors)
+        losses["loss"].backward()
+        results["mixed"].append(
+            {"values": {key: mean_over_ranks(v, world) for key, v in losses.items()},
+             "grads": [p.grad.clone() for p in model.parameters()]}
+        )
+        sgd_step(list(model.parameters()), [p.grad for p in model.parameters()])
+    results["mixed_queues"] = {key: value.clone() for key, value in objective.state_dict().items()}
     return results
 
 
@@ -316,6 +343,21 @@ def test_distributed_total_objective_under_ddp_matches_single_process(distribute
         for key, value in single["total_queues"].items():
             assert _close(res["total_queues"][key], value, 1e-6), key
     assert single["total"][-1]["values"]["sspc/active"].item() == 1.0
+
+
+def test_distributed_objective_with_the_prior_in_the_contrastive_loss_matches_single_process(distributed_results):
+    ranks, single = distributed_results
+    for res in ranks:
+        for step, (got, want) in enumerate(zip(res["mixed"], single["mixed"])):
+            for key, value in want["values"].items():
+                assert _close(got["values"][key], value, 1e-5), (step, key)
+            for g, w in zip(got["grads"], want["grads"]):
+                assert _close(g, w, 1e-5), (step, (g - w).abs().max().item(), w.abs().max().item())
+        for key, value in single["mixed_queues"].items():
+            assert _close(res["mixed_queues"][key], value, 1e-6), key
+    assert single["mixed"][-1]["values"]["sspc/active"].item() == 1.0
+    # the mix changed the contrastive loss (not the same numbers as scenario 3)
+    assert not _close(single["mixed"][0]["values"]["contrastive"], single["total"][0]["values"]["contrastive"], 1e-3)
 
 
 def test_distributed_sspc_reuses_the_contrastive_gather_and_backward_reduce_scatters(distributed_results):

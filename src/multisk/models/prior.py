@@ -213,14 +213,16 @@ def combine_with_prior(joint_normalized: Mapping[str, Tensor], prior: Mapping[st
         prior: ``{modality: (B, T)}`` unit-norm prior embeddings.
         weight: w in [0, 1].
 
-    Returns ``{name: (B, E + T)}`` of unit norm; a pair "a_b" takes p = n(p_a + p_b).
+    Returns ``{name: (B, E + T)}`` of unit norm (float32, float64 for float64 inputs); a pair "a_b" takes
+    p = n(p_a + p_b).
     """
-    w = torch.as_tensor(weight, dtype=torch.float32)
     out: Dict[str, Tensor] = {}
     for name, learned in joint_normalized.items():
         parts: Sequence[str] = name.split("_") if name not in prior else (name,)
         p = F.normalize(sum(prior[part] for part in parts), dim=-1)
-        out[name] = torch.cat([(1 - w).sqrt() * learned.to(torch.float32), w.sqrt() * p.to(torch.float32)], dim=-1)
+        dtype = torch.promote_types(torch.promote_types(learned.dtype, p.dtype), torch.float32)  # fp32, or fp64
+        w = torch.as_tensor(weight, dtype=dtype, device=learned.device)
+        out[name] = torch.cat([(1 - w).sqrt() * learned.to(dtype), w.sqrt() * p.to(dtype)], dim=-1)
     return out
 
 
