@@ -91,6 +91,11 @@ class ModelConfig:
     # add Linear(LayerNorm(mean input features)) to each text / video joint embedding: a linear path
     # from the frozen pre-trained features around the transformer (not in the paper; docs/results.md)
     input_residual: bool = False
+    # the space of the input-space anchors Z_m (SPEC §2): "projected" (the paper: the masked mean of the
+    # learned token projections, width embed_dim) or "frozen" (the frozen input features as the
+    # text-space prior pools and standardises them: MiniLM / GloVe mean, Lite0 mean token, log-mel
+    # mean;std; needs model.prior.enabled) — SSPC then preserves the pre-trained encoders' structure
+    input_space: str = "projected"
     # a frozen closed-form embedding of every modality in the text encoder's space, mixed into the
     # retrieval embeddings (multisk.models.prior)
     prior: PriorConfig = field(default_factory=PriorConfig)
@@ -292,6 +297,12 @@ def validate_model_config(m: ModelConfig) -> None:
                           f"(got {p.concept_classes})")
     if p.weight is not None and not 0.0 <= p.weight <= 1.0:
         raise ConfigError(f"model.prior.weight: must be in [0, 1] or null (chosen on data.val_split), got {p.weight}")
+    if m.input_space not in ("projected", "frozen"):
+        raise ConfigError(f"model.input_space: must be 'projected' or 'frozen', got {m.input_space!r}")
+    if m.input_space == "frozen" and not p.enabled:
+        raise ConfigError("model.input_space: 'frozen' reads the frozen features as the text-space prior pools and "
+                          "standardises them; set model.prior.enabled: true (model.prior.weight: 0 keeps retrieval "
+                          "on the learned embeddings alone)")
     if not 0.0 <= p.train_weight < 1.0:
         raise ConfigError(f"model.prior.train_weight: must be in [0, 1) (1 would leave nothing to train), "
                           f"got {p.train_weight}")

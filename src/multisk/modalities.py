@@ -181,6 +181,17 @@ def feature_dim(model_cfg: Any, name: str, table: Optional[ModalityTable] = None
     return int(getattr(model_cfg, spec.dim_key))
 
 
+def input_space_dims(model_cfg: Any, table: Optional[ModalityTable] = None) -> Dict[str, int]:
+    """Width of each modality's input-space embedding (what the input-space anchors Z_m score):
+    ``model.embed_dim`` for ``model.input_space: projected``; for ``frozen`` the pooled frozen feature,
+    ``2 · n_mels`` for a spectrogram (mean ; std over time), else the feature width."""
+    table = modality_table(model_cfg) if table is None else table
+    if getattr(model_cfg, "input_space", "projected") != "frozen":
+        return {m: int(model_cfg.embed_dim) for m in model_cfg.modalities}
+    return {m: (2 if table[m].encoder == "spectrogram" else 1) * feature_dim(model_cfg, m, table)
+            for m in model_cfg.modalities}
+
+
 def token_budget(data_cfg: Any, name: str, table: Optional[ModalityTable] = None) -> int:
     """Token budget of ``name`` for a ``DataConfig``: ``data.<budget_key>`` of a built-in row, the
     ``max_tokens`` of a configured one (``table``: the run's table, default the built-in rows)."""
@@ -194,5 +205,5 @@ def token_budget(data_cfg: Any, name: str, table: Optional[ModalityTable] = None
 
 __all__ = [
     "CROP_RULES", "ENCODER_KINDS", "MODALITIES", "MODALITY_SPECS", "ModalitySpec", "ModalityTable", "ROW_KEYS",
-    "feature_dim", "in_table_order", "modality_spec", "modality_table", "token_budget",
+    "feature_dim", "in_table_order", "input_space_dims", "modality_spec", "modality_table", "token_budget",
 ]

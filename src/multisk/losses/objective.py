@@ -29,7 +29,7 @@ from multisk.config import LossConfig, ModelConfig, validate_loss_config
 from multisk.losses.contrastive import CombinatorialContrastiveLoss
 from multisk.losses.collectives import ProcessGroup
 from multisk.losses.structure_preserving import StructurePreservingLoss
-from multisk.modalities import modality_table
+from multisk.modalities import input_space_dims, modality_table
 
 
 class TrainingObjective(nn.Module):
@@ -57,7 +57,7 @@ class TrainingObjective(nn.Module):
             StructurePreservingLoss(
                 loss_cfg.sspc,
                 model_cfg.modalities,
-                input_dim=model_cfg.embed_dim,
+                input_dim=input_space_dims(model_cfg),
                 joint_dim=model_cfg.projection_dim,
                 num_anchors=model_cfg.num_anchors,
                 process_group=process_group,

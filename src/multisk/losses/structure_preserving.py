@@ -41,7 +41,7 @@ equals the single-process gradient (see docs/losses.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -133,7 +133,8 @@ class StructurePreservingLoss(nn.Module):
         cfg: SSPCConfig (solver, assign_fraction, epsilon, n_iters, low_scale, queue_size, cost,
             temperature, warmup, modality_weights).
         modalities: the model's modalities, e.g. ["text", "video", "audio"].
-        input_dim: D, width of ``output["input_embedding"][m]``.
+        input_dim: D, width of ``output["input_embedding"][m]``; or ``{m: D_m}`` when the widths differ
+            (``model.input_space: frozen``; :func:`multisk.modalities.input_space_dims`).
         joint_dim: E, width of ``output["joint_normalized"][n]``.
         num_anchors: K of every anchor set.
         process_group: DDP group (None: the default group when initialised, else a single process).
@@ -149,7 +150,7 @@ class StructurePreservingLoss(nn.Module):
         self,
         cfg: SSPCConfig,
         modalities: Sequence[str],
-        input_dim: int,
+        input_dim: Union[int, Mapping[str, int]],
         joint_dim: int,
         num_anchors: int,
         process_group: ProcessGroup = None,
@@ -202,9 +203,10 @@ class StructurePreservingLoss(nn.Module):
         self.joint_queues = nn.ModuleDict()
         if cfg.queue_size > 0:
             for m in modalities:
-                self.input_queues[m] = EmbeddingQueue(cfg.queue_size, input_dim)
+                width = input_dim[m] if isinstance(input_dim, Mapping) else input_dim
+                self.input_queues[m] = EmbeddingQueue(cfg.queue_size, int(width))
                 self.joint_queues[m] = EmbeddingQueue(cfg.queue_size, joint_dim)
-        self.input_dim = int(input_dim)
+        self.input_dim = dict(input_dim) if isinstance(input_dim, Mapping) else int(input_dim)
         self.joint_dim = int(joint_dim)
 
     @property

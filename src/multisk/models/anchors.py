@@ -15,7 +15,7 @@ would amplify bf16 rounding (≈ 4e-3) to ≈ 0.06 in the exponent, TF32's (≈ 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -33,24 +33,27 @@ def anchor_scores(x: Tensor, anchors: Tensor) -> Tensor:
 class AnchorHeads(nn.Module):
     """The six anchor sets of SPEC §2 (two per modality).
 
-    ``input_anchors[m]`` (K, embed_dim) and ``joint_anchors[m]`` (K, projection_dim) are
+    ``input_anchors[m]`` (K, D_m: embed_dim, or the modality's frozen pooled width) and ``joint_anchors[m]`` (K, projection_dim) are
     ``nn.ParameterDict`` entries; :meth:`input_scores` / :meth:`joint_scores` apply them to any rows
     (batch embeddings or queue rows).
     """
 
-    def __init__(self, modalities: Sequence[str], embed_dim: int, projection_dim: int, num_anchors: int) -> None:
+    def __init__(self, modalities: Sequence[str], embed_dim: Union[int, Mapping[str, int]], projection_dim: int,
+                 num_anchors: int) -> None:
         super().__init__()
         self.modalities = tuple(modalities)
         self.num_anchors = num_anchors
+        # one width for all (the projected input space) or one per modality (model.input_space: frozen)
+        input_dims = {m: int(embed_dim[m]) if isinstance(embed_dim, Mapping) else int(embed_dim) for m in self.modalities}
         self.input_anchors = nn.ParameterDict(
-            {m: nn.Parameter(torch.empty(num_anchors, embed_dim)) for m in self.modalities}
+            {m: nn.Parameter(torch.empty(num_anchors, input_dims[m])) for m in self.modalities}
         )
         self.joint_anchors = nn.ParameterDict(
             {m: nn.Parameter(torch.empty(num_anchors, projection_dim)) for m in self.modalities}
         )
 
     def input_scores(self, modality: str, x: Tensor) -> Tensor:
-        """Scores of input embeddings ``x`` (N, embed_dim) on ``Z_modality``: (N, K) float32."""
+        """Scores of input embeddings ``x`` (N, D_m) on ``Z_modality``: (N, K) float32."""
         return anchor_scores(x, self.input_anchors[modality])
 
     def joint_scores(self, modality: str, x: Tensor) -> Tensor:

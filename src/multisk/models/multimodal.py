@@ -38,7 +38,7 @@ from multisk.models.davenet import DAVEnet, build_audio_encoder
 from multisk.models.fusion import FusionTransformer
 from multisk.models.prior import TextSpacePrior, combine_with_prior
 from multisk.models.layers import LAYER_NORM_EPS, AutocastLayerNorm, GatedEmbeddingUnit, masked_mean
-from multisk.modalities import MODALITIES, feature_dim, modality_table
+from multisk.modalities import MODALITIES, feature_dim, input_space_dims, modality_table
 
 # the everything_at_once variant fuses every pair of the model's modalities, in table order (names "a_b");
 # over the built-in rows these are:
@@ -150,8 +150,9 @@ class MultiModalModel(nn.Module):
             raise ConfigError(f"model.num_anchors: must be >= 0, got {cfg.num_anchors}")
         # num_anchors = 0 builds no anchor sets (a contrastive-only model has no unused parameters,
         # which DDP would otherwise complain about); the score dicts of the output are then empty
-        self.anchors = AnchorHeads(self.modalities if cfg.num_anchors > 0 else (), dim, cfg.projection_dim,
-                                   cfg.num_anchors)
+        self.input_space = cfg.input_space
+        self.anchors = AnchorHeads(self.modalities if cfg.num_anchors > 0 else (), input_space_dims(cfg, table),
+                                   cfg.projection_dim, cfg.num_anchors)
         self.init_weights()
 
     # ------------------------------------------------------------------ initialisation
@@ -326,7 +327,10 @@ class MultiModalModel(nn.Module):
 
     def forward(self, batch: Mapping[str, Tensor]) -> Dict[str, Dict]:
         tokens = self.embed_tokens(batch)
-        input_embedding = {m: _normalize(masked_mean(tokens[m].tokens, tokens[m].mask)) for m in self.modalities}
+        if self.input_space == "frozen":  # the pre-trained features' own space (buffers of the fitted prior)
+            input_embedding = self.prior.input_space(batch)
+        else:
+            input_embedding = {m: _normalize(masked_mean(tokens[m].tokens, tokens[m].mask)) for m in self.modalities}
         joint = self.joint_embeddings(tokens)
         if self.input_residuals is not None:
             for m, residual in self.input_residuals.items():

@@ -179,6 +179,21 @@ class TextSpacePrior(nn.Module):
         probabilities = torch.softmax(pool @ self.concept_weight.T + self.concept_bias, dim=1)
         return probabilities @ self.concept_embeddings
 
+    @torch.no_grad()
+    def input_space(self, batch: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+        """``{m: (B, d'_m)}`` the frozen input space of ``model.input_space: frozen``: the unit pooled
+        inputs, standardised with the fitted ridge statistics for non-text modalities
+        (``n((pool_m − μ_m) / σ_m)``), the caption's p_t for text; zero rows for samples lacking m."""
+        out: Dict[str, Tensor] = {}
+        for m, encoder in self.encoders.items():
+            if m not in batch:
+                continue
+            pool, nonempty = pool_inputs(batch[m], batch[f"{m}_mask"], encoder)
+            if m != "text":
+                pool = (pool - getattr(self, f"{m}_mean")) / getattr(self, f"{m}_scale")
+            out[m] = F.normalize(pool, dim=-1) * nonempty[:, None].to(pool.dtype)
+        return out
+
     # ---------------------------------------------------------------------------------------- forward
     def forward(self, batch: Mapping[str, Tensor], concept_mix: Optional[float] = None) -> Dict[str, Tensor]:
         """``{m: (B, T)}`` L2-normalised prior embeddings of every modality present in ``batch``
