@@ -93,3 +93,48 @@ def test_a_run_with_a_frozen_input_space_trains_and_its_checkpoint_loads(store, 
 def test_bad_input_space_settings_are_config_errors_naming_the_field(store, tmp_path, extra, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_config(CONFIG, frozen_overrides(store, tmp_path / "bad", **extra))
+
+
+def _torchrun():
+    import shutil
+    import sys
+    from pathlib import Path
+
+    local = Path(sys.executable).parent / "torchrun"
+    return shutil.which("torchrun") or (str(local) if local.exists() else None)
+
+
+def _losses(out):
+    import json
+
+    return {r["step"]: r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+
+
+@pytest.mark.skipif(_torchrun() is None, reason="torchrun not installed")
+def test_frozen_input_space_and_the_prior_in_the_loss_under_torchrun_match_one_process(store, tmp_path):
+    """Two processes on the global batch = one process: SSPC with frozen input anchors (its own gather of
+    the input embeddings, widths 12 / 20) and the contrastive loss on the prior mix (model.prior.train_weight)."""
+    import os
+    import subprocess
+
+    # text + video only: no BatchNorm statistics, so ranks' shares give the single-process numbers;
+    # a queue of 16 fills after two global batches of 8, so SSPC is active from step 3
+    common = {"model.modalities": "[text,video]", "loss.contrastive.pair_weights.text-audio": 0.0,
+              "loss.contrastive.pair_weights.video-audio": 0.0, "model.prior.train_weight": 0.5,
+              "train.steps": 4, "train.epochs": 1, "train.batch_size": 8, "data.eval_splits": "[]"}
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    result = subprocess.run(
+        [_torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "multisk.cli", "train", "--no-progress",
+         "--config", CONFIG, *frozen_overrides(store, ddp, **common)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train(load_config(CONFIG, frozen_overrides(store, single, **common)), progress=False, make_plots=False)
+    expected, got = _losses(single), _losses(ddp)
+    assert sorted(got) == sorted(expected) == [1, 2, 3, 4]
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=2e-4, abs=1e-5), f"step {step}"
+    import json
+
+    active = [r.get("loss/sspc/active", 0.0) for r in map(json.loads, (ddp / "metrics.jsonl").read_text().splitlines())
+              if "loss" in r]
+    assert max(active) == 1.0
