@@ -33,8 +33,8 @@ def anchor_scores(x: Tensor, anchors: Tensor) -> Tensor:
 class AnchorHeads(nn.Module):
     """The six anchor sets of SPEC §2 (two per modality).
 
-    ``input_anchors[m]`` (K, D_m: embed_dim, or the modality's frozen pooled width) and ``joint_anchors[m]`` (K, projection_dim) are
-    ``nn.ParameterDict`` entries; :meth:`input_scores` / :meth:`joint_scores` apply them to any rows
+    ``input_anchors[m]`` (K, D_m: embed_dim, or the modality's frozen pooled width) and
+    ``joint_anchors[m]`` (K, projection_dim) are ``nn.ParameterDict`` entries; :meth:`input_scores` / :meth:`joint_scores` apply them to any rows
     (batch embeddings or queue rows).
     """
 
