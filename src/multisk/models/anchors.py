@@ -34,8 +34,8 @@ class AnchorHeads(nn.Module):
     """The six anchor sets of SPEC §2 (two per modality).
 
     ``input_anchors[m]`` (K, D_m: embed_dim, or the modality's frozen pooled width) and
-    ``joint_anchors[m]`` (K, projection_dim) are ``nn.ParameterDict`` entries; :meth:`input_scores` / :meth:`joint_scores` apply them to any rows
-    (batch embeddings or queue rows).
+    ``joint_anchors[m]`` (K, projection_dim) are ``nn.ParameterDict`` entries; :meth:`input_scores` /
+    :meth:`joint_scores` apply them to any rows (batch embeddings or queue rows).
     """
 
     def __init__(self, modalities: Sequence[str], embed_dim: Union[int, Mapping[str, int]], projection_dim: int,
