@@ -60,20 +60,18 @@ def test_claim_quick_mode_reports_all_variants_and_runs_their_losses(tmp_path):
 
     # --reuse: a level added to the sweep trains only the new runs; a finished run with the same command
     # line is read back (same numbers), one with other overrides is trained again
-    again = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "claim.py"), "--quick", "--data", str(store), "--reuse",
-         "--work", str(tmp_path / "runs"), "--out", str(tmp_path / "again.md"), "--json", str(tmp_path / "again.json"),
-         "--corrupt", "0,0.5", "--variants", "contrastive,sspc_multi", "--no-baselines",
-         "--reported", "test:t2v,test:t2a", *sets, "--set", "train.lr=0.002"],
-        capture_output=True, text=True, timeout=600)
+    def claim(name, variants):
+        return subprocess.run(
+            [sys.executable, str(REPO / "benchmarks" / "claim.py"), "--quick", "--data", str(store), "--reuse",
+             "--work", str(tmp_path / "runs"), "--out", str(tmp_path / f"{name}.md"),
+             "--json", str(tmp_path / f"{name}.json"), "--corrupt", "0,0.5", "--variants", variants,
+             "--no-baselines", "--reported", "test:t2v,test:t2a", *sets, "--set", "train.lr=0.002"],
+            capture_output=True, text=True, timeout=600)
+
+    again = claim("again", "contrastive,sspc_multi")
     assert again.returncode == 0, again.stderr[-3000:]
     assert ": reused " not in again.stdout  # the extra --set changed every run's overrides
-    reused = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "claim.py"), "--quick", "--data", str(store), "--reuse",
-         "--work", str(tmp_path / "runs"), "--out", str(tmp_path / "reused.md"), "--json", str(tmp_path / "reused.json"),
-         "--corrupt", "0,0.5", "--variants", "contrastive", "--no-baselines",
-         "--reported", "test:t2v,test:t2a", *sets, "--set", "train.lr=0.002"],
-        capture_output=True, text=True, timeout=600)
+    reused = claim("reused", "contrastive")
     assert reused.returncode == 0, reused.stderr[-3000:]
     assert reused.stdout.count(": reused ") == 2 and "training:" not in reused.stdout + reused.stderr
     first, second = (json.loads((tmp_path / f).read_text())["runs"]["contrastive"] for f in ("again.json", "reused.json"))

@@ -117,6 +117,33 @@ def sgd_step(params, grads, lr=0.5):
         p -= lr * g
 
 
+def objective_steps(rank, world, data, contrastive_cfg, sspc_cfg, prior_mix=None):
+    """The total objective through a real DDP wrapper, one SGD step per batch: per step the values
+    (mean over ranks) and DDP-averaged gradients, then the queue state. ``prior_mix`` w adds the
+    model's ``contrastive_embeddings`` [sqrt(1-w) x ; sqrt(w) p] with p a frozen function of the input."""
+    model = fresh_model()
+    wrapped = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    objective = TrainingObjective(
+        LossConfig(contrastive=contrastive_cfg, sspc=sspc_cfg),
+        ModelConfig(embed_dim=D, projection_dim=E, num_anchors=K, num_heads=1),
+        {"text", "video", "audio", "video_audio"},
+    )
+    steps = []
+    for batch in data:
+        features, nonempty = local_slice(batch, rank, world)
+        model.zero_grad()
+        out = wrapped(features, nonempty)
+        if prior_mix is not None:
+            prior = {m: F.normalize(features[m][:, :PRIOR_DIM], dim=-1) for m in MODS}
+            out["contrastive_embeddings"] = combine_with_prior(out["joint_normalized"], prior, prior_mix)
+        losses = objective(out, model.anchors)
+        losses["loss"].backward()
+        steps.append({"values": {key: mean_over_ranks(v, world) for key, v in losses.items()},
+                      "grads": [p.grad.clone() for p in model.parameters()]})
+        sgd_step(list(model.parameters()), [p.grad for p in model.parameters()])
+    return steps, {key: value.clone() for key, value in objective.state_dict().items()}
+
+
 def run_scenarios(rank: int, world: int) -> dict:
     """Everything the comparison needs, computed on this rank's rows (world 1: the whole batch)."""
     results = {}
@@ -149,49 +176,13 @@ def run_scenarios(rank: int, world: int) -> dict:
     results["sspc_queues"] = {key: value.clone() for key, value in sspc.state_dict().items()}
 
     # 3. the total objective through a real DDP wrapper (gradients averaged by DDP), 3 steps
-    model = fresh_model()
-    wrapped = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    objective = TrainingObjective(
-        LossConfig(contrastive=contrastive_cfg, sspc=SSPCConfig(queue_size=8, n_iters=10, cost="soft_ce")),
-        ModelConfig(embed_dim=D, projection_dim=E, num_anchors=K, num_heads=1),
-        {"text", "video", "audio", "video_audio"},
-    )
-    results["total"] = []
-    for batch in data[:3]:
-        model.zero_grad()
-        out = objective(wrapped(*local_slice(batch, rank, world)), model.anchors)
-        out["loss"].backward()
-        results["total"].append(
-            {"values": {key: mean_over_ranks(v, world) for key, v in out.items()},
-             "grads": [p.grad.clone() for p in model.parameters()]}
-        )
-        sgd_step(list(model.parameters()), [p.grad for p in model.parameters()])
-    results["total_queues"] = {key: value.clone() for key, value in objective.state_dict().items()}
+    results["total"], results["total_queues"] = objective_steps(
+        rank, world, data[:3], contrastive_cfg, SSPCConfig(queue_size=8, n_iters=10, cost="soft_ce"))
 
     # 4. the same with the text-space prior in the contrastive loss (model.prior.train_weight): the loss
     # gathers the mixed embeddings [sqrt(1-w) x ; sqrt(w) p] (width E + PRIOR_DIM), SSPC gathers its own
-    model = fresh_model()
-    wrapped = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    objective = TrainingObjective(
-        LossConfig(contrastive=contrastive_cfg, sspc=SSPCConfig(queue_size=8, n_iters=10)),
-        ModelConfig(embed_dim=D, projection_dim=E, num_anchors=K, num_heads=1),
-        {"text", "video", "audio", "video_audio"},
-    )
-    results["mixed"] = []
-    for batch in data[:3]:
-        features, nonempty = local_slice(batch, rank, world)
-        prior = {m: F.normalize(features[m][:, :PRIOR_DIM], dim=-1) for m in MODS}  # a frozen function of the input
-        model.zero_grad()
-        out = wrapped(features, nonempty)
-        out["contrastive_embeddings"] = combine_with_prior(out["joint_normalized"], prior, 0.4)
-        losses = objective(out, model.anchors)
-        losses["loss"].backward()
-        results["mixed"].append(
-            {"values": {key: mean_over_ranks(v, world) for key, v in losses.items()},
-             "grads": [p.grad.clone() for p in model.parameters()]}
-        )
-        sgd_step(list(model.parameters()), [p.grad for p in model.parameters()])
-    results["mixed_queues"] = {key: value.clone() for key, value in objective.state_dict().items()}
+    results["mixed"], results["mixed_queues"] = objective_steps(
+        rank, world, data[:3], contrastive_cfg, SSPCConfig(queue_size=8, n_iters=10), prior_mix=0.4)
     return results
 
 

@@ -132,14 +132,20 @@ def test_combined_embeddings_mix_the_two_cosines():
         np.testing.assert_allclose(out["text_video"][:, 5:].numpy(), np.sqrt(w) * pair_prior, atol=1e-6)
 
 
-def test_model_returns_the_mix_in_evaluation_and_the_learned_embeddings_in_training(store, tmp_path):
-    cfg = load_config(CONFIG, prior_overrides(store, tmp_path / "m", **{"model.prior.weight": 0.4}))
+def _fitted_model_and_batch(cfg, n):
+    """A seeded model of ``cfg`` with its prior fitted on the training split, and the first ``n``
+    training items as one float32 batch."""
     torch.manual_seed(0)
     model = build_model(cfg)
     dataset = build_train_dataset(cfg)
-    batch = collate_fn_for(dataset)([dataset[i] for i in range(6)])
-    batch = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in batch.items()}
+    batch = collate_fn_for(dataset)([dataset[i] for i in range(n)])
     fit_text_space_prior(model, cfg, dataset)
+    return model, {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in batch.items()}
+
+
+def test_model_returns_the_mix_in_evaluation_and_the_learned_embeddings_in_training(store, tmp_path):
+    cfg = load_config(CONFIG, prior_overrides(store, tmp_path / "m", **{"model.prior.weight": 0.4}))
+    model, batch = _fitted_model_and_batch(cfg, 6)
     model.train()
     train_out = model(batch)
     model.eval()
@@ -178,12 +184,7 @@ def test_training_with_the_prior_scores_the_mix_in_the_contrastive_loss_and_sspc
     cfg = load_config(CONFIG, prior_overrides(store, tmp_path / "tw", **{
         "model.prior.train_weight": w_t, "loss.sspc.enabled": "true", "loss.sspc.warmup": "none",
         "loss.contrastive.pair_weights": "{text-video: 1.0, text-audio: 0.0, video-audio: 0.0}"}))
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    dataset = build_train_dataset(cfg)
-    batch = collate_fn_for(dataset)([dataset[i] for i in range(8)])
-    batch = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in batch.items()}
-    fit_text_space_prior(model, cfg, dataset)
+    model, batch = _fitted_model_and_batch(cfg, 8)
     model.train()
     out = model(batch)
     mixed = out["contrastive_embeddings"]
