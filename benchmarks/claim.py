@@ -108,7 +108,12 @@ def reused_record(out_dir: Path, config: str, overrides: Sequence[str]) -> Optio
     path = out_dir / RECORD_FILE
     if not path.is_file():
         return None
-    record = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SystemExit(f"claim.py --reuse: {path} is unreadable ({error}); delete it to train that run again")
+    if not isinstance(record, dict):
+        raise SystemExit(f"claim.py --reuse: {path} is not a run record (a JSON object); delete it to train that run again")
     if record.get("config") != config or record.get("overrides") != list(overrides):
         return None
     return record

@@ -74,6 +74,12 @@ def test_claim_quick_mode_reports_all_variants_and_runs_their_losses(tmp_path):
     reused = claim("reused", "contrastive")
     assert reused.returncode == 0, reused.stderr[-3000:]
     assert reused.stdout.count(": reused ") == 2 and "training:" not in reused.stdout + reused.stderr
+    # a damaged record is named, not a traceback
+    (tmp_path / "runs" / "contrastive_c0_seed0" / "claim_record.json").write_text("{not json", encoding="utf-8")
+    broken = claim("broken", "contrastive")
+    assert broken.returncode != 0
+    assert "contrastive_c0_seed0/claim_record.json is unreadable" in broken.stderr
+    assert "Traceback" not in broken.stderr
     first, second = (json.loads((tmp_path / f).read_text())["runs"]["contrastive"] for f in ("again.json", "reused.json"))
     assert first == second
     assert "Weak alignment: R@10 and MedR by corruption level" in (tmp_path / "reused.md").read_text()
