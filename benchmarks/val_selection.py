@@ -139,8 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"MedR {t['MedR']:.1f}  rsum {rsum(t):.1f}; per-epoch val rsum "
               + " ".join(f"{e['val_rsum']:.1f}" for e in report[str(run)]["epochs"]), flush=True)
         for rule, r in report[str(run)]["cross_fit"].items():
-            print(f"    cross-fit {rule:20s} w {r['w']}  held-out half t2v R1 {r['R1']:.1f} R10 {r['R10']:.1f} "
-                  f"MedR {r['MedR']:.1f}")
+            print(f"    cross-fit {rule:20s} w {r['w']}  held-out half t2v R1 {r['R1']:.1f} R5 {r['R5']:.1f} "
+                  f"R10 {r['R10']:.1f} MedR {r['MedR']:.1f} rsum {rsum(r):.1f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")
