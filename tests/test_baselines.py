@@ -6,12 +6,9 @@ import numpy as np
 import pytest
 
 from multisk.data.feature_store import FeatureStore, FeatureStoreWriter
-from multisk.evaluate.baselines import (
-    RidgeMap,
-    classname_bridge_embeddings,
-    compute_baselines,
-    pooled_features,
-)
+from multisk.data.pooled_features import pooled_features
+from multisk.evaluate.baselines import classname_bridge_embeddings, compute_baselines
+from multisk.prior import RidgeMap
 from multisk.metrics.retrieval import metrics_from_ranks
 from synthetic_store import write_synthetic_store
 

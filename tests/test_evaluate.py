@@ -1,4 +1,4 @@
-"""Retrieval in every direction (evaluate/directions.py) and report tables (evaluate/report.py)."""
+"""Retrieval in every direction (metrics/directions.py) and report tables (evaluate/report.py)."""
 
 import json
 
@@ -7,11 +7,9 @@ import pytest
 import torch
 
 from multisk.errors import DataFormatError
+from multisk.metrics import available_directions, direction_ranks, evaluate_directions
 from multisk.evaluate import (
-    available_directions,
     comparison_table,
-    direction_ranks,
-    evaluate_directions,
     format_markdown_table,
     format_results_table,
     format_text_table,
@@ -309,7 +307,7 @@ def test_results_report_shows_inputs_classification_per_input_and_skips():
 
 
 def test_fixed_size_batches_recut_any_stream_into_equal_batches():
-    from multisk.evaluate.pipeline import fixed_size_batches
+    from multisk.data.evaluation_batches import fixed_size_batches
 
     def stream(sizes):
         start = 0

@@ -10,9 +10,9 @@ import torch
 from multisk.config import ConfigError, load_config
 from multisk.evaluate.loading import load_model
 from multisk.losses.objective import TrainingObjective
-from multisk.models import build_model
+from multisk.prior import build_model_with_prior
 from multisk.train.datasets_for_config import build_train_dataset, collate_fn_for
-from multisk.train.prior_fit import fit_text_space_prior
+from multisk.prior.fit import fit_text_space_prior
 from multisk.train.trainer import train
 from synthetic_store import N_MELS, TEXT_DIM, VIDEO_DIM, tiny_overrides, write_synthetic_store
 
@@ -44,7 +44,7 @@ def _unit(rows):
 def test_frozen_input_space_is_the_standardised_pooled_features_and_sspc_trains_on_it(store, tmp_path):
     cfg = load_config(CONFIG, frozen_overrides(store, tmp_path / "m", **{"loss.sspc.warmup": "none"}))
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = build_model_with_prior(cfg)
     dataset, batch = _batch(cfg)
     fit_text_space_prior(model, cfg, dataset)
     widths = {"text": TEXT_DIM, "video": VIDEO_DIM, "audio": 2 * N_MELS}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "multisk"
-LIBRARY_PACKAGES = ("sinkhorn", "models", "losses", "data", "metrics")
+LIBRARY_PACKAGES = ("sinkhorn", "models", "losses", "data", "metrics", "prior")
 LIBRARY_MODULES = ("config.py", "errors.py", "modalities.py", "checkpoint.py")
 APPLICATIONS = ("multisk.train", "multisk.evaluate", "multisk.commands", "multisk.cli")
 
@@ -62,6 +62,16 @@ def test_library_imports_no_application_module():
     assert len(files) > 20 and all(f.is_file() for f in files)
     offences = [f"{f.relative_to(SRC.parent)}:{line} imports {module}"
                 for f in files for line, module in imported_modules(f) if is_application(module)]
+    assert not offences, "\n".join(offences)
+
+
+def test_the_paper_model_and_losses_know_nothing_of_the_prior():
+    """The text-space prior (not in the paper) is a plug-in: multisk.prior wraps the model and hooks
+    into the objective; no module of the paper's model or losses names it."""
+    files = sorted((SRC / "models").rglob("*.py")) + sorted((SRC / "losses").rglob("*.py"))
+    assert len(files) > 10
+    offences = [f"{f.relative_to(SRC.parent)}:{n}" for f in files
+                for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1) if "prior" in line.lower()]
     assert not offences, "\n".join(offences)
 
 

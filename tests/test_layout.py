@@ -21,9 +21,6 @@ MAX_FUNCTION_LINES = 100
 DEFERRED_IMPORTS = {
     # matplotlib: only a run that writes figures needs it
     ("multisk/evaluate/run_figures.py", "multisk.evaluate.plot_primitives"),
-    # cycle: baselines scores with pipeline.caption_groups; the pipeline calls baselines only when asked
-    # for structure preservation
-    ("multisk/evaluate/pipeline.py", "multisk.evaluate.baselines"),
     # torch: the HowTo100M readers and the MSR-VTT / YouCook2 converter run on numpy alone; only the
     # training collate of HowTo100M clips needs the dataset module (torch)
     ("multisk/data/howto100m.py", "multisk.data.dataset"),

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from multisk.config import ContrastiveConfig, LossConfig, ModelConfig, SSPCConfig
-from multisk.models.prior import combine_with_prior
+from multisk.prior import combine_with_prior
 from multisk.losses import (
     CombinatorialContrastiveLoss,
     StructurePreservingLoss,
@@ -119,14 +119,17 @@ def sgd_step(params, grads, lr=0.5):
 
 def objective_steps(rank, world, data, contrastive_cfg, sspc_cfg, prior_mix=None):
     """The total objective through a real DDP wrapper, one SGD step per batch: per step the values
-    (mean over ranks) and DDP-averaged gradients, then the queue state. ``prior_mix`` w adds the
-    model's ``contrastive_embeddings`` [sqrt(1-w) x ; sqrt(w) p] with p a frozen function of the input."""
+    (mean over ranks) and DDP-averaged gradients, then the queue state. ``prior_mix`` w makes the
+    contrastive loss score [sqrt(1-w) x ; sqrt(w) p] (the objective's ``contrastive_embeddings`` hook) with p a
+    frozen function of the input."""
     model = fresh_model()
     wrapped = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     objective = TrainingObjective(
         LossConfig(contrastive=contrastive_cfg, sspc=sspc_cfg),
         ModelConfig(embed_dim=D, projection_dim=E, num_anchors=K, num_heads=1),
         {"text", "video", "audio", "video_audio"},
+        contrastive_embeddings=None if prior_mix is None else (
+            lambda out: combine_with_prior(out["joint_normalized"], out["prior"], prior_mix)),
     )
     steps = []
     for batch in data:
@@ -135,7 +138,7 @@ def objective_steps(rank, world, data, contrastive_cfg, sspc_cfg, prior_mix=None
         out = wrapped(features, nonempty)
         if prior_mix is not None:
             prior = {m: F.normalize(features[m][:, :PRIOR_DIM], dim=-1) for m in MODS}
-            out["contrastive_embeddings"] = combine_with_prior(out["joint_normalized"], prior, prior_mix)
+            out["prior"] = prior
         losses = objective(out, model.anchors)
         losses["loss"].backward()
         steps.append({"values": {key: mean_over_ranks(v, world) for key, v in losses.items()},

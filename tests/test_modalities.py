@@ -17,7 +17,7 @@ from multisk.config import MODALITIES, ConfigError, DataConfig, ModelConfig, loa
 from multisk.data.feature_store import FeatureStoreWriter
 from multisk.data.store_for_config import feature_dims, store_dataset, token_budgets
 from multisk.errors import DataFormatError
-from multisk.evaluate.directions import available_directions, evaluate_directions
+from multisk.metrics.directions import available_directions, evaluate_directions
 from multisk.evaluate.pipeline import evaluate_model, score_retrieval
 from multisk.modalities import MODALITY_SPECS, ModalitySpec, feature_dim, modality_spec, modality_table, token_budget
 from multisk.models import build_model

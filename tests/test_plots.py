@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from multisk.errors import DataFormatError
-from multisk.evaluate import direction_ranks
+from multisk.metrics import direction_ranks
 from multisk.evaluate import plot_primitives as plots
 from multisk.evaluate.plot_primitives import (
     anchor_usage,

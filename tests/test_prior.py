@@ -9,15 +9,14 @@ import torch
 
 from multisk.config import ConfigError, load_config
 from multisk.data.feature_store import FeatureStore
-from multisk.evaluate.directions import evaluate_directions
+from multisk.metrics.directions import evaluate_directions
 from multisk.evaluate.inputs import eval_store_dataset
 from multisk.evaluate.loading import load_model
-from multisk.models import build_model
-from multisk.models.prior import RidgeMap, TextSpacePrior, combine_with_prior, pool_inputs
+from multisk.prior import RidgeMap, TextSpacePrior, build_model_with_prior, combine_with_prior, pool_inputs, training_mix
 from multisk.modalities import MODALITY_SPECS
 from multisk.data.dataset import collate_batch
 from multisk.train.datasets_for_config import build_train_dataset, collate_fn_for
-from multisk.train.prior_fit import (
+from multisk.prior.fit import (
     CONCEPT_MIXES,
     PRIOR_WEIGHTS,
     RIDGE_LAMBDAS,
@@ -136,7 +135,7 @@ def _fitted_model_and_batch(cfg, n):
     """A seeded model of ``cfg`` with its prior fitted on the training split, and the first ``n``
     training items as one float32 batch."""
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = build_model_with_prior(cfg)
     dataset = build_train_dataset(cfg)
     batch = collate_fn_for(dataset)([dataset[i] for i in range(n)])
     fit_text_space_prior(model, cfg, dataset)
@@ -187,7 +186,7 @@ def test_training_with_the_prior_scores_the_mix_in_the_contrastive_loss_and_sspc
     model, batch = _fitted_model_and_batch(cfg, 8)
     model.train()
     out = model(batch)
-    mixed = out["contrastive_embeddings"]
+    mixed = training_mix(cfg.model)(out)
     assert mixed["video"].shape[1] == cfg.model.projection_dim + TEXT_DIM
     assert out["joint_normalized"]["video"].shape[1] == cfg.model.projection_dim
     for m in ("text", "video"):
@@ -195,7 +194,8 @@ def test_training_with_the_prior_scores_the_mix_in_the_contrastive_loss_and_sspc
         expected = np.concatenate([np.sqrt(1 - w_t) * learned, np.sqrt(w_t) * out["prior"][m].numpy()], axis=1)
         np.testing.assert_allclose(mixed[m].detach().numpy(), expected, atol=1e-6)
 
-    objective = TrainingObjective(cfg.loss, cfg.model, available_embeddings=list(out["joint"]))
+    objective = TrainingObjective(cfg.loss, cfg.model, available_embeddings=list(out["joint"]),
+                                  contrastive_embeddings=training_mix(cfg.model))
     twin_state = {k: v.clone() for k, v in objective.state_dict().items()}
     losses = objective(out, model.anchors)
     both = (out["nonempty"]["text"] & out["nonempty"]["video"]).numpy()
@@ -203,23 +203,20 @@ def test_training_with_the_prior_scores_the_mix_in_the_contrastive_loss_and_sspc
     t, v = mixed["text"].detach().numpy()[both], mixed["video"].detach().numpy()[both]
     assert float(losses["contrastive"]) == pytest.approx(
         _literal_info_nce(t, v, cfg.loss.contrastive.temperature), rel=1e-4)
-    # SSPC sees the learned embeddings: the same value as for the output without the mixed key (a twin
-    # objective with the same, still empty, queues)
+    # SSPC sees the learned embeddings: the same value as a twin objective without the mix (the same,
+    # still empty, queues)
     twin = TrainingObjective(cfg.loss, cfg.model, available_embeddings=list(out["joint"]))
     twin.load_state_dict(twin_state)
-    plain = {k: v for k, v in out.items() if k != "contrastive_embeddings"}
     assert float(losses["sspc"]) != 0.0
-    assert float(losses["sspc"]) == pytest.approx(float(twin(plain, model.anchors)["sspc"]), rel=1e-5)
+    assert float(losses["sspc"]) == pytest.approx(float(twin(out, model.anchors)["sspc"]), rel=1e-5)
 
     losses["loss"].backward()
     assert all(b.grad is None for b in model.prior.buffers())
     assert all(p.grad is not None for p in model.projections["video"].parameters())
 
-    # w_t = 0 (the default): no mixed key, the loss reads the learned embeddings
+    # w_t = 0 (the default): no hook, the loss reads the learned embeddings
     cfg0 = load_config(CONFIG, prior_overrides(store, tmp_path / "tw0"))
-    model0 = build_model(cfg0)
-    model0.train()
-    assert "contrastive_embeddings" not in model0(batch)
+    assert training_mix(cfg0.model) is None
 
 
 def _literal_val_rsum(text, other, groups):
@@ -243,7 +240,7 @@ def _store_pools(root, split):
 def test_fit_chooses_lambda_and_alpha_on_the_validation_split_like_a_literal_search(store, tmp_path):
     cfg = load_config(CONFIG, prior_overrides(store, tmp_path / "f", **{"model.prior.concept_classes": 7,
                                                                        "model.modalities": "[text,video]"}))
-    model = build_model(cfg)
+    model = build_model_with_prior(cfg)
     dataset = build_train_dataset(cfg)
     val = eval_store_dataset(cfg, str(store), "val")
     rng = np.random.default_rng(4)
@@ -279,7 +276,7 @@ def test_fit_chooses_lambda_and_alpha_on_the_validation_split_like_a_literal_sea
 def test_weight_is_the_best_validation_mix_of_a_literal_search(store, tmp_path):
     cfg = load_config(CONFIG, prior_overrides(store, tmp_path / "w", **{"model.modalities": "[text,video]"}))
     torch.manual_seed(1)
-    model = build_model(cfg)
+    model = build_model_with_prior(cfg)
     dataset = build_train_dataset(cfg)
     val = eval_store_dataset(cfg, str(store), "val")
     fit_text_space_prior(model, cfg, dataset, val)
@@ -351,14 +348,14 @@ def test_bad_prior_settings_are_config_errors_naming_the_field(store, tmp_path, 
 def test_concept_head_on_a_store_without_lite0_pictures_is_a_config_error(store, tmp_path):
     cfg = load_config(CONFIG, prior_overrides(store, tmp_path / "c", **{"model.prior.concept_classes": 1000}))
     with pytest.raises(ConfigError, match="concept_classes"):
-        fit_text_space_prior(build_model(cfg), cfg, build_train_dataset(cfg))
+        fit_text_space_prior(build_model_with_prior(cfg), cfg, build_train_dataset(cfg))
 
 
 def test_a_validation_split_of_other_features_is_a_config_error():
-    from multisk.train.prior_fit import _validation_pairs
+    from multisk.prior.validation import validation_pairs
 
     ones = np.ones(6, dtype=bool)
     train = {"video": (np.zeros((6, 8)), ones), "text": (np.zeros((6, 4)), ones)}
     val = {"video": (np.zeros((3, 5)), ones[:3]), "text": (np.zeros((3, 4)), ones[:3])}
     with pytest.raises(ConfigError, match="data.val_split"):
-        _validation_pairs("video", train, val, None, None, seed=0)
+        validation_pairs("video", train, val, None, None, seed=0)

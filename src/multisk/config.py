@@ -34,7 +34,7 @@ class ModalityRowConfig:
 
 @dataclass
 class PriorConfig:
-    """The closed-form text-space prior (multisk.models.prior; not in the paper: docs/results.md)."""
+    """The closed-form text-space prior (multisk.prior; not in the paper: docs/prior.md, docs/results.md)."""
 
     enabled: bool = False
     # C > 0: a concept head for pictures (Lite0's ImageNet classifier read through the caption encoder's
@@ -97,7 +97,7 @@ class ModelConfig:
     # mean;std; needs model.prior.enabled) — SSPC then preserves the pre-trained encoders' structure
     input_space: str = "projected"
     # a frozen closed-form embedding of every modality in the text encoder's space, mixed into the
-    # retrieval embeddings (multisk.models.prior)
+    # retrieval embeddings (multisk.prior)
     prior: PriorConfig = field(default_factory=PriorConfig)
 
 

@@ -201,7 +201,7 @@ def plot_recall_curves(
 
     Args:
         ranks: direction label -> (Q,) 0-based tie-averaged ranks
-            (:func:`multisk.evaluate.direction_ranks`).
+            (:func:`multisk.metrics.direction_ranks`).
         out_path: PNG to write.
         max_k: largest K.
         complete_size: percentages over this complete dataset size when given.

@@ -4,7 +4,7 @@ Shapes of the data handled here:
 
 * a *metrics dict*: ``{"R1": 12.3, "R5": ..., "MedR": ..., "n_queries": 968}`` (one direction);
 * a *direction table*: ``{"t2v": metrics dict, "v2t": metrics dict, ...}`` (one split of one run),
-  as returned by :func:`multisk.evaluate.evaluate_directions`;
+  as returned by :func:`multisk.metrics.evaluate_directions`;
 * *runs*: ``{run name: {split name: direction table}}`` for :func:`comparison_table`.
 """
 

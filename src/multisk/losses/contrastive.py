@@ -154,13 +154,6 @@ def build_criterion(cfg: ContrastiveConfig) -> ContrastiveCriterion:
     return CRITERIA[cfg.kind](cfg)
 
 
-def contrastive_embeddings(output: Mapping) -> Mapping[str, torch.Tensor]:
-    """The unit-norm embeddings ``{name: (b, E')}`` the contrastive loss scores: the model's
-    ``contrastive_embeddings`` when it returns them (training with the text-space prior,
-    ``model.prior.train_weight`` > 0: ``[√(1 − w_t) x̂ ; √w_t p]``, E' = E + T), else ``joint_normalized``."""
-    return output["contrastive_embeddings"] if "contrastive_embeddings" in output else output["joint_normalized"]
-
-
 def embedding_modalities(name: str) -> Tuple[str, ...]:
     """Modalities a joint embedding is made of: "video_audio" -> ("video", "audio")."""
     return tuple(name.split("_"))
@@ -232,7 +225,7 @@ class CombinatorialContrastiveLoss(nn.Module):
         modalities, gathered from every rank in one collective each (the embeddings with gradient).
         In one process they are the local tensors. :class:`TrainingObjective` hands them to SSPC too,
         so the joint embeddings cross the network once per step."""
-        normalized = contrastive_embeddings(output)
+        normalized = output["joint_normalized"]
         local = {name: normalized[name] for name in self.embedding_names}
         device = local[self.embedding_names[0]].device
         modalities = sorted({m for name in self.embedding_names for m in embedding_modalities(name)})
@@ -248,7 +241,7 @@ class CombinatorialContrastiveLoss(nn.Module):
                           dict(zip(modalities, nonempty_global.unbind(1))))
 
     def forward(self, output: Mapping, keys: Optional[GlobalKeys] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """output: the model output dict (uses :func:`contrastive_embeddings` (b, E) and ``nonempty`` (b,) bool);
+        """output: the model output dict (uses ``joint_normalized`` (b, E) and ``nonempty`` (b,) bool);
         keys: :meth:`gather_keys` of this output when the caller already gathered them.
 
         Returns (loss, per_pair) where loss is 0-dim with gradient and per_pair maps pair name -> the
@@ -258,7 +251,7 @@ class CombinatorialContrastiveLoss(nn.Module):
         """
         if keys is None:
             keys = self.gather_keys(output)
-        normalized = contrastive_embeddings(output)
+        normalized = output["joint_normalized"]
         local = {name: at_least_float32(normalized[name]) for name in self.embedding_names}
         first = local[self.embedding_names[0]]
         b, device = first.shape[0], first.device
@@ -294,7 +287,6 @@ __all__ = [
     "MaxMarginSoftmax",
     "NormSoftmax",
     "build_criterion",
-    "contrastive_embeddings",
     "embedding_modalities",
     "parse_pairs",
 ]

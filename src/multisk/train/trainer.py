@@ -39,10 +39,10 @@ from multisk.checkpoint import (
 from multisk.config import Config, ConfigError, config_to_dict, config_to_yaml
 from multisk.evaluate.pipeline import evaluate_model
 from multisk.losses import TrainingObjective
-from multisk.models import build_model
 from multisk.sinkhorn.precision import configure_model_math
 from multisk.evaluate.inputs import eval_store_dataset
-from multisk.train.prior_fit import choose_prior_weight, fit_text_space_prior
+from multisk.prior import build_model_with_prior, prior_of, training_mix
+from multisk.prior.fit import choose_prior_weight, fit_text_space_prior
 from multisk.train.datasets_for_config import build_eval_datasets, build_train_dataset, collate_fn_for, loader_options
 from multisk.train.process_group import (
     DistributedContext,
@@ -167,13 +167,15 @@ def _build_run(cfg: Config, ctx: DistributedContext, resume: Optional[str]) -> R
     if device.type == "cuda":  # cudnn.benchmark; TF32 for the model only in fp32 runs (never the losses)
         configure_model_math(cfg.train.precision)
     # the full config: with SSPC off the model skips the anchor scores in training and freezes the anchors
-    # (no gradient would reach them, which DDP rejects at the second step)
-    model = build_model(cfg).to(device)
+    # (no gradient would reach them, which DDP rejects at the second step); with model.prior, the paper's
+    # model wrapped with its text-space prior (multisk.prior)
+    model = build_model_with_prior(cfg).to(device)
     if cfg.train.sync_batchnorm and ctx.enabled:
         if device.type != "cuda":
             raise ConfigError("train.sync_batchnorm: SyncBatchNorm needs CUDA devices; set it to false on CPU")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    objective = TrainingObjective(cfg.loss, cfg.model, model.joint_names).to(device)
+    objective = TrainingObjective(cfg.loss, cfg.model, model.joint_names,
+                                  contrastive_embeddings=training_mix(cfg.model)).to(device)
     optimizer = build_optimizer(cfg.train, model)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.train.lr_gamma)
     scaler = make_grad_scaler(device, cfg.train.precision)
@@ -186,7 +188,8 @@ def _build_run(cfg: Config, ctx: DistributedContext, resume: Optional[str]) -> R
         _load_initial_weights(cfg, model)
     val_set = eval_store_dataset(cfg, cfg.data.root, cfg.data.val_split) if cfg.data.val_split else None
     prior_report: Dict[str, Any] = {}
-    if model.prior is not None and not bool(model.prior.fitted):
+    prior = prior_of(model)
+    if prior is not None and not bool(prior.fitted):
         # closed form on the training split, identically on every rank (no collective needed)
         prior_report = fit_text_space_prior(model, cfg, dataset, val_set)
     # the EMA lives on rank 0 only: it is read only by rank 0's checkpoints and evaluations
@@ -412,7 +415,7 @@ def _save(run: Run, name: str) -> None:
 def _choose_prior_weight(run: Run) -> None:
     """Rank 0: the prior's retrieval weight w for the current weights, on data.val_split, before every
     checkpoint (so each checkpoint carries the w chosen for it). Only rank 0 evaluates and saves."""
-    prior = run.model.prior
+    prior = prior_of(run.model)
     if prior is None or run.cfg.model.prior.weight is not None or not run.ctx.is_main:
         return
     choice = choose_prior_weight(run.model, run.val_set, device=run.ctx.device, batch_size=EVAL_BATCH_SIZE)
@@ -435,8 +438,9 @@ def _evaluate(run: Run, keep_embeddings: bool = False) -> Dict[str, Any]:
 
 def _finish(run: Run, make_plots: bool) -> Dict[str, Any]:
     results: Dict[str, Any] = {"steps": run.state.global_step, "skipped_batches": run.state.skipped_batches}
-    if run.model.prior is not None:
-        results["prior"] = {"weight": round(float(run.model.prior.mix_weight), 6), **run.prior_report}  # a float32 buffer
+    prior = prior_of(run.model)
+    if prior is not None:
+        results["prior"] = {"weight": round(float(prior.mix_weight), 6), **run.prior_report}  # a float32 buffer
     if run.cfg.data.eval_splits:
         evaluation = _evaluate(run, keep_embeddings=True)
         if run.ctx.is_main:

@@ -1,11 +1,11 @@
 """Fitting the closed-form text-space prior of a model and choosing its weights on held-out data.
 
-:class:`multisk.models.prior.TextSpacePrior` holds buffers only; this module fills them (SPEC-free,
-docs/results.md and docs/training.md "The text-space prior"):
+:class:`multisk.prior.maps.TextSpacePrior` holds buffers only; this module fills them (docs/prior.md,
+docs/results.md):
 
 1. :func:`fit_text_space_prior`, before training: pools every training item's inputs with the prior's
    own pooling, fits one ridge map per non-text modality to the captions' text embeddings
-   (:class:`~multisk.models.prior.RidgeMap`), λ from :data:`RIDGE_LAMBDAS`; with a concept head, loads
+   (:class:`~multisk.prior.maps.RidgeMap`), λ from :data:`RIDGE_LAMBDAS`; with a concept head, loads
    it (Lite0's ImageNet classifier, the MiniLM embeddings of the 1000 class names) and chooses α from
    :data:`CONCEPT_MIXES`.
 2. :func:`choose_prior_weight`, at every checkpoint: the retrieval weight w from :data:`PRIOR_WEIGHTS`
@@ -28,12 +28,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from multisk.config import Config, ConfigError
+from multisk.data.class_names import class_name_embeddings, imagenet_class_names
 from multisk.data.dataset import collate_batch
+from multisk.data.evaluation_batches import EVAL_MODEL_BATCH, caption_groups, evaluation_collate, fixed_size_batches
 from multisk.data.lite0 import load_lite0
-from multisk.evaluate.baselines import carve_validation, class_name_embeddings, imagenet_class_names
-from multisk.evaluate.directions import evaluate_directions
-from multisk.evaluate.pipeline import EVAL_MODEL_BATCH, caption_groups, evaluation_collate, fixed_size_batches
-from multisk.models.prior import RidgeMap, TextSpacePrior, combine_with_prior, pool_inputs
+from multisk.prior.maps import RidgeMap, TextSpacePrior, combine_with_prior, pool_inputs
+from multisk.prior.mixed import prior_of
+from multisk.prior.validation import text_to, val_rsum, validation_pairs
 
 RIDGE_LAMBDAS = (1.0, 10.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
 CONCEPT_MIXES = tuple(round(0.1 * i, 1) for i in range(11))
@@ -60,45 +61,7 @@ def pooled_dataset(prior: TextSpacePrior, dataset, batch_size: int = 256) -> Dic
             for m, chunks in parts.items() if chunks}
 
 
-def _rsum(metrics: Mapping[str, float]) -> float:
-    return float(metrics["R1"] + metrics["R5"] + metrics["R10"])
-
-
-def _text_to(modality: str, table) -> str:
-    return f"{table['text'].letter}2{table[modality].letter}"
-
-
-def _val_rsum(text: np.ndarray, other: np.ndarray, modality: str, groups: Optional[np.ndarray], table) -> float:
-    direction = _text_to(modality, table)
-    ones = np.ones(len(text), dtype=bool)
-    scored = evaluate_directions({"text": text.astype(np.float32), modality: other.astype(np.float32)},
-                                 {"text": ones, modality: ones}, groups=groups, directions=[direction], table=table)
-    return _rsum(scored[direction])
-
-
 # ------------------------------------------------------------------------------------------- the fit
-def _validation_pairs(modality: str, train: Mapping, val: Optional[Mapping], val_groups, train_groups, seed: int):
-    """(fit mask over train, val X, val T, val groups, description)."""
-    x, present = train[modality]
-    t, t_present = train["text"]
-    paired = present & t_present
-    if val is not None and modality in val and "text" in val:
-        vx, vp = val[modality]
-        if vx.shape[1] != x.shape[1] or val["text"][0].shape[1] != t.shape[1]:
-            raise ConfigError(f"data.val_split: its {modality} / text features are {vx.shape[1]} / "
-                              f"{val['text'][0].shape[1]} wide, the training data's {x.shape[1]} / {t.shape[1]}: "
-                              "the validation split must come from the training source")
-        vt, vtp = val["text"]
-        val_paired = vp & vtp
-        if val_paired.sum() >= 2:
-            groups = val_groups[val_paired] if val_groups is not None else None
-            return paired, vx[val_paired], vt[val_paired], groups, f"validation split ({int(val_paired.sum())} pairs)"
-    held_mask = carve_validation(len(paired), paired, seed)  # the linear probe's carve, same seed rule
-    groups = train_groups[held_mask] if train_groups is not None else None
-    return (paired & ~held_mask, x[held_mask], t[held_mask], groups,
-            f"seeded {int(held_mask.sum())} of the {int(paired.sum())} training pairs (seed {seed})")
-
-
 def _fit_ridge(prior: TextSpacePrior, modality: str, train, val, val_groups, train_groups, seed: int, table) -> Dict[str, Any]:
     x, present = train[modality]
     t, t_present = train["text"]
@@ -106,9 +69,9 @@ def _fit_ridge(prior: TextSpacePrior, modality: str, train, val, val_groups, tra
     if paired.sum() < 4:
         raise ConfigError(f"model.prior: the training split has {int(paired.sum())} items with both text and "
                           f"{modality}; the ridge map needs at least 4 (disable model.prior or drop {modality})")
-    fit_mask, vx, vt, vg, source = _validation_pairs(modality, train, val, val_groups, train_groups, seed)
+    fit_mask, vx, vt, vg, source = validation_pairs(modality, train, val, val_groups, train_groups, seed)
     chooser = RidgeMap().fit(x[fit_mask], t[fit_mask])
-    curve = [{"lambda": lam, "rsum": _val_rsum(vt, chooser.predict(vx, lam), modality, vg, table)} for lam in RIDGE_LAMBDAS]
+    curve = [{"lambda": lam, "rsum": val_rsum(vt, chooser.predict(vx, lam), modality, vg, table)} for lam in RIDGE_LAMBDAS]
     best = max(curve, key=lambda c: c["rsum"])  # first maximum: ties go to the smaller λ
     ridge = RidgeMap().fit(x[paired], t[paired])
     prior.set_ridge(modality, ridge.mean, ridge.scale, ridge.weights(best["lambda"]), ridge.target_mean)
@@ -117,7 +80,7 @@ def _fit_ridge(prior: TextSpacePrior, modality: str, train, val, val_groups, tra
 
 def concept_head_arrays() -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lite0's ImageNet classifier ``(1000, 1280), (1000,)`` and the MiniLM embeddings of the class
-    names ``(1000, 384)`` (packaged weights, offline; :mod:`multisk.evaluate.baselines`)."""
+    names ``(1000, 384)`` (packaged weights, offline; :mod:`multisk.data.class_names`)."""
     classifier = load_lite0().classifier
     return (classifier.weight.detach().double().numpy(), classifier.bias.detach().double().numpy(),
             class_name_embeddings(imagenet_class_names()))
@@ -138,7 +101,7 @@ def _check_concept_inputs(cfg: Config, store_info: Mapping[str, Any]) -> None:
 
 
 def _choose_concept_mix(prior: TextSpacePrior, train, val, val_groups, train_groups, seed: int, table) -> Dict[str, Any]:
-    _, vx, vt, vg, source = _validation_pairs("video", train, val, val_groups, train_groups, seed)
+    _, vx, vt, vg, source = validation_pairs("video", train, val, val_groups, train_groups, seed)
     pool = torch.as_tensor(vx, dtype=torch.float32, device=prior.concept_weight.device)
     with torch.no_grad():
         ridge = F.normalize(prior.ridge_embedding("video", pool), dim=-1).cpu()
@@ -146,7 +109,7 @@ def _choose_concept_mix(prior: TextSpacePrior, train, val, val_groups, train_gro
     curve = []
     for alpha in CONCEPT_MIXES:
         embedded = F.normalize((1 - alpha) * ridge + alpha * concepts, dim=-1).double().numpy()
-        curve.append({"alpha": alpha, "rsum": _val_rsum(vt, embedded, "video", vg, table)})
+        curve.append({"alpha": alpha, "rsum": val_rsum(vt, embedded, "video", vg, table)})
     best = max(curve, key=lambda c: c["rsum"])
     prior.concept_mix.fill_(best["alpha"])
     return {"alpha": best["alpha"], "chosen_on": source, "curve": curve}
@@ -160,7 +123,7 @@ def fit_text_space_prior(model: torch.nn.Module, cfg: Config, train_dataset, val
     ``concept_arrays`` (classifier weight, bias, class embeddings) replaces the packaged Lite0/MiniLM
     concept head (tests use small ones).
     """
-    prior: Optional[TextSpacePrior] = getattr(model, "prior", None)
+    prior = prior_of(model)
     if prior is None:
         raise ConfigError("model.prior.enabled: the model was built without a prior")
     table = model.modality_table
@@ -190,7 +153,7 @@ def choose_prior_weight(model: torch.nn.Module, val_dataset, *, device: torch.de
                         batch_size: int = 256, weights: Sequence[float] = PRIOR_WEIGHTS) -> Dict[str, Any]:
     """Set ``model.prior.mix_weight`` to the w with the best mean validation rsum over the text→m
     directions the split has (pictures, sounds, ...); returns ``{"weight", "curve"}``."""
-    prior: TextSpacePrior = model.prior
+    prior = prior_of(model)
     table = model.modality_table
     was_training = model.training
     model.eval()
@@ -222,12 +185,12 @@ def choose_prior_weight(model: torch.nn.Module, val_dataset, *, device: torch.de
         scores = []
         for m in targets:
             keep = flags[m] & flags["text"]
-            scores.append(_val_rsum(combined["text"][keep].numpy(), combined[m][keep].numpy(), m,
+            scores.append(val_rsum(combined["text"][keep].numpy(), combined[m][keep].numpy(), m,
                                     groups[keep] if groups is not None else None, table))
         curve.append({"weight": float(w), "rsum": float(np.mean(scores))})
     best = max(curve, key=lambda c: c["rsum"])
     prior.mix_weight.fill_(best["weight"])
-    return {"weight": best["weight"], "directions": [_text_to(m, table) for m in targets], "curve": curve}
+    return {"weight": best["weight"], "directions": [text_to(m, table) for m in targets], "curve": curve}
 
 
 __all__ = ["CONCEPT_MIXES", "PRIOR_WEIGHTS", "RIDGE_LAMBDAS", "choose_prior_weight", "concept_head_arrays",

@@ -1,4 +1,5 @@
-"""A frozen, closed-form embedding of every modality in the text encoder's sentence space.
+"""The frozen maps of the text-space prior: a closed-form embedding of every modality in the text
+encoder's sentence space (not in the paper; docs/prior.md).
 
 What the pre-trained encoders already know — Lite0's picture features, the caption encoder's sentence
 space, and (optionally) Lite0's ImageNet classifier read through the text embeddings of its class names —
@@ -14,16 +15,19 @@ gets a prior embedding p_m in the caption encoder's space (dimension T = ``model
 
 where ``pool_m`` is the masked mean of m's input tokens (B, d_m) and n(·) is L2 normalisation. The
 ridge maps W_m, b_m = argmin Σ_i ||x̃_i W + b − p_t,i||² + λ||W||² are fitted on the training split before
-training (:func:`multisk.train.prior_fit.fit_text_space_prior`: λ and α chosen on the validation split);
+training (:func:`multisk.prior.fit.fit_text_space_prior`: λ and α chosen on the validation split);
 nothing here is trained by gradient descent (buffers only).
 
 In evaluation mode, with a mixing weight w > 0, the embeddings the model returns for retrieval are::
 
     e_m = [ √(1 − w) · n(x̂_m) ; √w · p_m ]         (B, E + T),  so  e_a · e_b = (1 − w) cos(x̂_a, x̂_b) + w cos(p_a, p_b)
 
-(a fused pair "a_b" uses p = n(p_a + p_b)). Training never sees the prior: the losses read the learned
-embeddings only, and w is chosen on the validation split after training. w = 1 is the closed-form
-prior alone (what val says when the trained model adds nothing), w = 0 the trained model alone.
+(a fused pair "a_b" uses p = n(p_a + p_b)); :class:`multisk.prior.mixed.PriorMixedModel` returns them
+around the paper's model. w is chosen on the validation split (:func:`multisk.prior.fit.choose_prior_weight`).
+w = 1 is the closed-form prior alone (what val says when the trained model adds nothing), w = 0 the
+trained model alone. By default training never sees the prior; with ``model.prior.train_weight`` w_t > 0
+the contrastive loss scores the same mix at w_t (:func:`multisk.prior.mixed.training_mix`), SSPC and
+the anchors still read the learned embeddings.
 """
 
 from __future__ import annotations
