@@ -35,7 +35,7 @@ from multisk.data.clipart import (  # noqa: E402
     read_svg_metadata,
 )
 from multisk.data.feature_store import FeatureStore, read_manifest  # noqa: E402
-from multisk.data.folder import normalize_caption  # noqa: E402
+from multisk.data.encoding import normalize_caption  # noqa: E402
 from multisk.errors import DataFormatError  # noqa: E402
 
 SVG_TEMPLATE = """<?xml version="1.0" encoding="UTF-8" standalone="no"?>

@@ -27,7 +27,7 @@ CATEGORIES = ["car", "cat", "pizza", "car"]
 def store(tmp_path_factory):
     """A store made the way `multisk data prepare folder` makes one: GloVe ``text`` and MiniLM
     ``text_minilm`` of each caption, both encoders recorded."""
-    from multisk.data.folder import GLOVE_NAME, CaptionEncoder
+    from multisk.data.encoding import GLOVE_NAME, CaptionEncoder
 
     root = tmp_path_factory.mktemp("queries") / "store"
     encoder = CaptionEncoder(cache=None)

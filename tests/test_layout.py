@@ -1,13 +1,11 @@
-"""How src/multisk reads: no function longer than a screenful, the import graph visible at the top of
-each module, and moved modules still importable from their old paths."""
+"""How src/multisk reads: no function longer than a screenful, and the import graph visible at the top of
+each module."""
 
 from __future__ import annotations
 
 import ast
-import importlib
 from pathlib import Path
 
-import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "multisk"
 MAX_FUNCTION_LINES = 100
@@ -102,20 +100,3 @@ def test_the_checkers_see_what_they_look_for():
     assert long_functions(probe, source) == [f"multisk/data/probe.py:4 long has {MAX_FUNCTION_LINES + 2} lines"]
     assert [(line, m) for _, line, m in project_imports_in_functions(probe, source)] == [
         (109, "multisk.data"), (110, "multisk.data"), (111, "multisk.config")]
-
-
-@pytest.mark.parametrize("old, new, names", [
-    ("multisk.evaluate.figures", "multisk.evaluate.run_figures", ["write_run_figures", "MAIN_DIRECTIONS"]),
-    ("multisk.evaluate.plots", "multisk.evaluate.plot_primitives", ["plot_anchor_usage", "read_metrics_jsonl"]),
-    ("multisk.losses.distributed", "multisk.losses.collectives", ["all_gather_with_grad", "ProcessGroup"]),
-    ("multisk.train.distributed", "multisk.train.process_group", ["pick_device", "init_distributed"]),
-    ("multisk.train.data", "multisk.train.datasets_for_config", ["build_train_dataset", "estimate_loader_memory"]),
-    ("multisk.train.data", "multisk.data.store_for_config", ["store_dataset"]),  # one function of it
-    ("multisk.train.checkpoint", "multisk.checkpoint", ["load_checkpoint"]),
-])
-def test_moved_modules_re_export_the_same_objects(old, new, names):
-    old_module, new_module = importlib.import_module(old), importlib.import_module(new)
-    for name in names:
-        assert getattr(old_module, name) is getattr(new_module, name)
-    if new != "multisk.data.store_for_config":  # a whole module moved: everything it exports is still there
-        assert set(getattr(new_module, "__all__", [])) <= set(dir(old_module))

@@ -23,21 +23,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-# The encoding toolkit used to live here; it is re-exported so that existing imports keep working.
-from multisk.data.encoding import (  # noqa: F401
+from multisk.data.encoding import (
     GLOVE_NAME,
     MAX_TEXT_WORDS,
-    MINILM_MAX_TOKENS,
-    STORE_MODALITIES,
     CaptionEncoder,
     FeatureCache,
-    assign_groups,
-    decode_video,
     encode_audio_cached,
     encode_pictures_cached,
     encode_video_cached,
-    file_identity,
-    normalize_caption,
     progress_bar,
     write_split,
 )
@@ -327,18 +320,6 @@ __all__ = [
     "AUDIO_EXTENSIONS",
     "IMAGE_EXTENSIONS",
     "VIDEO_EXTENSIONS",
-    # re-exported from multisk.data.encoding (their home since the data/ split)
-    "CaptionEncoder",
-    "FeatureCache",
-    "STORE_MODALITIES",
-    "assign_groups",
-    "decode_video",
-    "encode_audio_cached",
-    "encode_pictures_cached",
-    "encode_video_cached",
-    "normalize_caption",
-    "write_split",
-    # this format
     "encode_folder",
     "index_folder",
     "prepare_folder",
