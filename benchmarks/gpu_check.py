@@ -190,7 +190,7 @@ def stage_paper_step(ctx: Dict[str, Any]) -> Dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from multisk.config import load_config
-    from multisk.sinkhorn.precision import configure_model_math
+    from multisk.precision import configure_model_math
 
     device, timer = ctx["device"], ctx["timer"]
     dry = ctx["dry_run"]

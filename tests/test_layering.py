@@ -12,7 +12,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "multisk"
 LIBRARY_PACKAGES = ("sinkhorn", "models", "losses", "data", "metrics", "prior")
-LIBRARY_MODULES = ("config.py", "errors.py", "modalities.py", "checkpoint.py")
+LIBRARY_MODULES = ("config.py", "errors.py", "modalities.py", "checkpoint.py", "device.py", "precision.py")
 APPLICATIONS = ("multisk.train", "multisk.evaluate", "multisk.commands", "multisk.cli")
 
 
@@ -112,3 +112,85 @@ def test_the_checker_sees_imports_inside_functions_and_relative_ones():
             "multisk.data.text"} <= set(modules)
     assert {m for m in modules if is_application(m)} == {"multisk.train", "multisk.train.trainer", "multisk.evaluate",
                                                         "multisk.evaluate.pipeline", "multisk.commands.data"}
+
+
+def import_graph(src: Path = SRC) -> dict[str, set[str]]:
+    """``module -> project modules it imports`` over every file of ``src`` (imports anywhere in the file,
+    in-function ones included: an import deferred into a function hides a cycle, it does not remove it).
+    Only names that are modules (a file or a package) count."""
+    files = sorted(src.rglob("*.py"))
+    names = {module_name_under(f, src): f for f in files}
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        targets = {module for _, module in imported_modules_under(path, src)}
+        graph[name] = {t for t in targets if t in names and t != name}
+    return graph
+
+
+def module_name_under(path: Path, src: Path) -> str:
+    parts = list(path.relative_to(src.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules_under(path: Path, src: Path) -> list[tuple[int, str]]:
+    if src == SRC:
+        return imported_modules(path)
+    # another tree (the check that the test sees a cycle): resolve relative imports against it
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found += [(node.lineno, node.module)] + [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+    return found
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle ``[a, b, ..., a]`` of ``graph``, or [] (depth-first search, three colours)."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        path.pop()
+        state[node] = 2
+        return []
+
+    for start in sorted(graph):
+        if start not in state:
+            cycle = visit(start)
+            if cycle:
+                return cycle
+    return []
+
+
+def test_no_import_cycle_among_the_modules():
+    graph = import_graph()
+    assert len(graph) > 60 and "multisk.evaluate.pipeline" in graph
+    cycle = find_cycle(graph)
+    assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_finder_sees_a_cycle_hidden_in_a_function(tmp_path):
+    package = tmp_path / "multisk"
+    (package / "evaluate").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "evaluate" / "__init__.py").write_text("")
+    (package / "evaluate" / "pipeline.py").write_text(
+        "def score():\n    from multisk.evaluate.baselines import structure_preservation\n")
+    (package / "evaluate" / "baselines.py").write_text("from multisk.evaluate.pipeline import score\n")
+    (package / "evaluate" / "report.py").write_text("import multisk.evaluate.pipeline\n")
+    cycle = find_cycle(import_graph(package))
+    assert cycle in (["multisk.evaluate.baselines", "multisk.evaluate.pipeline", "multisk.evaluate.baselines"],
+                     ["multisk.evaluate.pipeline", "multisk.evaluate.baselines", "multisk.evaluate.pipeline"])
+    (package / "evaluate" / "pipeline.py").write_text("def score():\n    return 1\n")
+    assert find_cycle(import_graph(package)) == []

@@ -322,7 +322,8 @@ def test_solvers_inside_cpu_bf16_autocast_equal_their_float32_results():
 
 
 def test_exact_float32_turns_autocast_and_tf32_off_inside_and_restores_them(monkeypatch):
-    from multisk.sinkhorn import multi_assignment, precision
+    from multisk import precision
+    from multisk.sinkhorn import multi_assignment
 
     before = precision.tf32_flags()
     precision.set_model_tf32(True)  # what a trainer allows for the model in fp32 runs
@@ -349,7 +350,7 @@ def test_exact_float32_turns_autocast_and_tf32_off_inside_and_restores_them(monk
 
 
 def test_configure_model_math_allows_tf32_only_for_fp32_models_and_sets_cudnn_benchmark():
-    from multisk.sinkhorn import precision
+    from multisk import precision
 
     before, benchmark = precision.tf32_flags(), torch.backends.cudnn.benchmark
     try:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from multisk.config import ConfigError
-from multisk.train.process_group import pick_device
+from multisk.device import pick_device
 from multisk.train.step import (
     DevicePrefetcher,
     ExponentialMovingAverage,

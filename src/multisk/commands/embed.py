@@ -47,7 +47,7 @@ def run_embed(args: argparse.Namespace) -> int:
     from multisk.evaluate.pipeline import embed_dataset
     from multisk.evaluate.search_calibration import CALIBRATION_QUANTILE
     from multisk.evaluate.text_queries import query_encoder_spec
-    from multisk.train.process_group import pick_device
+    from multisk.device import pick_device
 
     quantile = CALIBRATION_QUANTILE if args.calibration_quantile is None else args.calibration_quantile
     if not 0.0 < quantile < 1.0:
@@ -92,7 +92,7 @@ def _calibration(model, emb, manifest, spec, args: argparse.Namespace, quantile:
 def run_search(args: argparse.Namespace) -> int:
     from multisk.evaluate.index import load_index, search_index
     from multisk.evaluate.search_calibration import confidence_notice
-    from multisk.train.process_group import pick_device
+    from multisk.device import pick_device
 
     index = load_index(args.index)
     spec = index["meta"].get("text_encoder")

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from multisk.evaluate.loading import load_model
     from multisk.evaluate.pipeline import evaluate_split
     from multisk.evaluate.report import format_inputs_line, format_results_table, results_to_markdown, write_metrics_json
-    from multisk.train.process_group import pick_device
+    from multisk.device import pick_device
 
     device = pick_device(args.device)
     model, cfg = load_model(args.checkpoint, device=device, use_ema=args.ema)

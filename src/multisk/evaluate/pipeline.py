@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from multisk.metrics.directions import Side, evaluate_directions, table_directio
 from multisk.evaluate.inputs import dataset_inputs, empty_modalities_mode
 from multisk.metrics.structure import structure_preservation
 from multisk.modalities import MODALITY_SPECS, ModalityTable
-from multisk.sinkhorn.precision import autocast_context
+from multisk.precision import autocast_context
 
 
 def model_modality_table(model: torch.nn.Module) -> ModalityTable:

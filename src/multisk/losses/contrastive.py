@@ -35,7 +35,7 @@ from multisk.losses.collectives import (
     world_size,
 )
 from multisk.modalities import MODALITY_SPECS
-from multisk.sinkhorn.precision import autocast_disabled
+from multisk.precision import autocast_disabled
 
 
 class GlobalKeys(NamedTuple):

@@ -55,7 +55,7 @@ from multisk.losses.contrastive import GlobalKeys, at_least_float32
 from multisk.losses.collectives import ProcessGroup, all_gather_no_grad, local_row_offset, world_size
 from multisk.losses.queue import EmbeddingQueue
 from multisk.modalities import MODALITY_SPECS, ModalityTable
-from multisk.sinkhorn.precision import exact_float32
+from multisk.precision import exact_float32
 
 INPUT_FROM_JOINT = "input<-joint"  # (i): predict input-space scores s_m from the joint-space target q̂_{m,n}
 JOINT_FROM_INPUT = "joint<-input"  # (ii): predict joint-space scores ŝ_{m,n} from the input-space target q_m

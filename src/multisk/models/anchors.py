@@ -9,7 +9,7 @@ For every modality m there are two sets, each a (K × dim) matrix used row-L2-no
 
 ``scores(x, Z) = x · n(Z)ᵀ`` with ``n`` the row-wise L2 normalisation; for unit rows ``x`` the scores
 are cosine similarities in [-1, 1]. They are computed in IEEE float32 (autocast off, TF32 off:
-:func:`multisk.sinkhorn.precision.exact_float32`): Multi-SK divides them by a small ε (0.07), which
+:func:`multisk.precision.exact_float32`): Multi-SK divides them by a small ε (0.07), which
 would amplify bf16 rounding (≈ 4e-3) to ≈ 0.06 in the exponent, TF32's (≈ 5e-4) to ≈ 7e-3.
 """
 
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multisk.sinkhorn.precision import exact_float32
+from multisk.precision import exact_float32
 
 
 def anchor_scores(x: Tensor, anchors: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multisk.sinkhorn.precision import autocast_disabled  # re-exported: the model's float32 islands
+from multisk.precision import autocast_disabled  # re-exported: the model's float32 islands
 
 LAYER_NORM_EPS = 1e-6  # the EAO reference uses eps=1e-6 for every LayerNorm
 

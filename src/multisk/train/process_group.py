@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from multisk.config import ConfigError
+from multisk.device import pick_device
 
 
 @dataclass
@@ -36,30 +36,6 @@ class DistributedContext:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def pick_device(spec: str, local_rank: int = 0, local_world_size: int = 1) -> torch.device:
-    """``auto`` / ``cuda`` → ``cuda:{local_rank}`` (one GPU per process under torchrun), ``cpu`` → CPU.
-
-    An explicit ``cuda:N`` is kept in a single process; under torchrun with several processes per node
-    it would put them all on GPU N, which is refused.
-    """
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ConfigError(f"train.device: {spec!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device={spec!r} but CUDA is not available on this machine")
-        if device.index is None:
-            return torch.device(f"cuda:{local_rank}")
-        if local_world_size > 1:
-            raise ConfigError(f"train.device={spec!r}: under torchrun with {local_world_size} processes per node "
-                              f"every process would use GPU {device.index}; use train.device=cuda (each process "
-                              f"takes cuda:LOCAL_RANK)")
-    return device
 
 
 def init_distributed(device_spec: str = "auto", barrier_timeout_s: float = 3600.0) -> DistributedContext:
@@ -111,5 +87,4 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-__all__ = ["DistributedContext", "cleanup_distributed", "gather_objects", "host_barrier", "init_distributed",
-           "pick_device"]
+__all__ = ["DistributedContext", "cleanup_distributed", "gather_objects", "host_barrier", "init_distributed"]

@@ -39,7 +39,7 @@ from multisk.checkpoint import (
 from multisk.config import Config, ConfigError, config_to_dict, config_to_yaml
 from multisk.evaluate.pipeline import evaluate_model
 from multisk.losses import TrainingObjective
-from multisk.sinkhorn.precision import configure_model_math
+from multisk.precision import configure_model_math
 from multisk.evaluate.inputs import eval_store_dataset
 from multisk.prior import build_model_with_prior, prior_of, training_mix
 from multisk.prior.fit import choose_prior_weight, fit_text_space_prior
