@@ -1,6 +1,6 @@
-"""The evaluation protocol of SPEC §7 on the field's formats, end to end from the command line:
+"""The evaluation protocol of docs/evaluation.md on the field's formats, end to end from the command line:
 MSR-VTT (968 items: some without audio, one with an empty 2D array, some captions without any
-in-vocabulary word) and YouCook2 pickles and a HowTo100M layout, in exactly the SPEC §6 shapes, are
+in-vocabulary word) and YouCook2 pickles and a HowTo100M layout, in exactly the shapes of docs/data.md, are
 converted with `multisk data convert`, a tiny model trains a few steps on 12-step / 768-frame HowTo100M
 clips with `multisk train`, and `multisk eval` must score every test item on the first 48 / 3072
 (MSR-VTT) and 72 / 4608 (YouCook2) steps."""

@@ -55,7 +55,7 @@ def test_single_and_late_fusion_directions_match_numpy():
     results = evaluate_directions(embeddings)
     assert list(results) == SINGLE + LATE
     t, v, a = (unit(embeddings[m]) for m in ("text", "video", "audio"))
-    late_va = (v + a) / 2  # SPEC: (n(v) + n(a)) / 2; cosine ignores its scale
+    late_va = (v + a) / 2  # the reference's late fusion: (n(v) + n(a)) / 2; cosine ignores its scale
     expected = {
         "t2v": t @ v.T,
         "v2t": v @ t.T,

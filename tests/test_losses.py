@@ -1,7 +1,7 @@
 """Tests of multisk.losses against literal float64 implementations (loops over rows and anchors).
 
 The Sinkhorn targets in the SSPC references come from literal solvers written here (the K × N × K
-Multi-SK of SPEC §4 and SwAV's classic SK), independent of multisk.sinkhorn.
+Multi-SK of docs/sinkhorn.md and SwAV's classic SK), independent of multisk.sinkhorn.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ MODS = ("text", "video", "audio")
 
 
 def literal_multi_sinkhorn(scores: torch.Tensor, n_assign: int, eps: float, n_iters: int, low_scale: float):
-    """SPEC §4 verbatim on the K × N × K tensor, float64. scores (N, K) -> targets (N, K)."""
+    """docs/sinkhorn.md verbatim on the K × N × K tensor, float64. scores (N, K) -> targets (N, K)."""
     s = scores.double()
     n, k = s.shape
     scale = torch.tensor([low_scale] * (k - n_assign) + [1.0] * n_assign, dtype=torch.float64)
@@ -532,7 +532,7 @@ def test_training_objective_combines_and_names_terms():
 
 def test_objective_inside_cpu_bf16_autocast_equals_float32():
     # Issue 10 item 7 / issue 13: the contrastive similarity matrices, the SSPC targets and costs run in
-    # float32 whatever the trainer's autocast (SPEC §5: the reference computes its losses outside it).
+    # float32 whatever the trainer's autocast (as the reference, which computes its losses outside it).
     # Embeddings as a bf16 model would emit them (rounded to bf16, carried as float32).
     from multisk.models.anchors import AnchorHeads
 

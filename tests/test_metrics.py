@@ -1,4 +1,4 @@
-"""Retrieval metrics (SPEC §7) and zero-shot classification against hand-computed values and a
+"""Retrieval metrics (docs/evaluation.md) and zero-shot classification against hand-computed values and a
 literal, loop-based reference implementation."""
 
 import numpy as np

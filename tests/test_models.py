@@ -515,7 +515,7 @@ def test_paper_configuration_parameter_count():
     with torch.device("meta"):
         model = build_model(cfg)
     total = sum(p.numel() for p in model.parameters())
-    # SPEC §1: the reference also counts tensors its forward never uses; their sizes follow from the
+    # the reference also counts tensors its forward never uses; their sizes follow from the
     # paper configuration (D = embed_dim, K anchors, one transformer per modality)
     transformers = len(cfg.modalities) if cfg.variant == "per_modality" else 1
     unused_in_reference = {

@@ -162,7 +162,7 @@ def test_recall_curves(tmp_path, drawn):
     lines = {line.get_label(): line for line in drawn[-1].axes[0].lines}
     assert set(lines) == set(ranks)
     for label, direction in ranks.items():
-        # SPEC §7 literally: R@1 counts rank exactly 0, R@K counts rank < K, over the complete size
+        # docs/evaluation.md literally: R@1 counts rank exactly 0, R@K counts rank < K, over the complete size
         expected = [100.0 * sum(1 for r in direction if (r == 0 if k == 1 else r < k)) / 50 for k in range(1, 31)]
         np.testing.assert_array_equal(lines[label].get_xdata(), np.arange(1, 31))
         np.testing.assert_allclose(lines[label].get_ydata(), expected)

@@ -16,7 +16,7 @@ from multisk.sinkhorn import (
 
 
 def literal_levels_numpy(scores, n_assign, eps, n_iters, low_scale):
-    """SPEC §4 written independently in numpy float64: returns the full (K, N, K) tensor A and targets."""
+    """docs/sinkhorn.md written independently in numpy float64: returns the full (K, N, K) tensor A and targets."""
     scores = np.asarray(scores, dtype=np.float64)
     n_rows, n_anchors = scores.shape
     scale = np.array([low_scale] * (n_anchors - n_assign) + [1.0] * n_assign)

@@ -51,7 +51,7 @@ class PriorConfig:
 
 @dataclass
 class ModelConfig:
-    """The Everything-at-Once family (SPEC §1) with anchor heads (SPEC §2)."""
+    """The Everything-at-Once family (docs/architecture.md) with anchor heads (docs/losses.md)."""
 
     # "per_modality": one fusion transformer per modality (the paper's released model);
     # "everything_at_once": one shared transformer that also encodes the pairs tv, ta, va.
@@ -91,7 +91,7 @@ class ModelConfig:
     # add Linear(LayerNorm(mean input features)) to each text / video joint embedding: a linear path
     # from the frozen pre-trained features around the transformer (not in the paper; docs/results.md)
     input_residual: bool = False
-    # the space of the input-space anchors Z_m (SPEC §2): "projected" (the paper: the masked mean of the
+    # the space of the input-space anchors Z_m (docs/losses.md): "projected" (the paper: the masked mean of the
     # learned token projections, width embed_dim) or "frozen" (the frozen input features as the
     # text-space prior pools and standardises them: MiniLM / GloVe mean, Lite0 mean token, log-mel
     # mean;std; needs model.prior.enabled) — SSPC then preserves the pre-trained encoders' structure
@@ -103,7 +103,7 @@ class ModelConfig:
 
 @dataclass
 class ContrastiveConfig:
-    """Combinatorial contrastive loss over modality pairs (SPEC §3)."""
+    """Combinatorial contrastive loss over modality pairs (docs/losses.md)."""
 
     kind: str = "norm_softmax"  # "norm_softmax" | "mms"
     temperature: float = 0.05
@@ -117,7 +117,7 @@ class ContrastiveConfig:
 
 @dataclass
 class SSPCConfig:
-    """Semantic-structure-preserving consistency loss (SPEC §3-§4)."""
+    """Semantic-structure-preserving consistency loss (docs/losses.md, docs/sinkhorn.md)."""
 
     enabled: bool = True
     weight: float = 1.0  # beta
@@ -175,7 +175,7 @@ class DataConfig:
     # error per L2-normalised 2048-d half of HowTo100M's float32 features (docs/data.md); the trainer
     # widens it to float32 on the device
     video_transfer_dtype: str = "float16"
-    # HowTo100M layout (SPEC §6); only read when train_format == "howto100m"
+    # HowTo100M layout (docs/data.md); only read when train_format == "howto100m"
     howto_csv: str = ""
     howto_features_path: str = ""
     howto_audio_path: str = ""
@@ -183,7 +183,7 @@ class DataConfig:
     word_vectors: str = ""
     clips_per_video: int = 10
     clip_seconds: float = 8.0
-    # EAO's audio-text disentangling (SPEC §5): the audio window starts clip_seconds / 2 after the text
+    # EAO's audio-text disentangling (the reference's clip sampling, docs/data.md): the audio window starts clip_seconds / 2 after the text
     # span's start and lasts clip_seconds (it may run past the span); false = audio of the text span
     flag_text_audio_misaligned: bool = False
 

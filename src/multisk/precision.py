@@ -1,6 +1,6 @@
 """Float32 that stays float32: autocast off and TensorFloat-32 off, for the anchors, Multi-SK and the losses.
 
-Why (SPEC §5: the reference computes its losses, Multi-SK included, outside autocast in float32):
+Why (the reference computes its losses, Multi-SK included, outside autocast in float32; docs/losses.md):
 Multi-SK divides anchor scores by a small ε (0.07) and exponentiates them, so a relative rounding of
 ``u`` in a score or in a column sum becomes ``u / ε`` in an exponent.  bf16 (u = 4e-3) moves the
 targets by ~2e-2 (measured on a (12, 2000, 64) stack under CPU bf16 autocast); TF32 (u = 5e-4, the

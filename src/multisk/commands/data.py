@@ -176,7 +176,7 @@ def _convert(args: argparse.Namespace) -> int:
           f"skipped by rule {info.get('skipped_by_rule', 0)})")
     window = info.get("eval_window")
     if window:
-        print(f"evaluation protocol recorded (SPEC §7): the first {window['video']} video steps / {window['audio']} "
+        print(f"evaluation protocol recorded (docs/evaluation.md): the first {window['video']} video steps / {window['audio']} "
               f"audio frames of each item; empty modalities go through the masking token "
               f"(`multisk eval --empty-modalities excluded` to leave such items out)")
     if args.skip_bad:

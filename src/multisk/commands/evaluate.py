@@ -9,7 +9,7 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="evaluate a checkpoint on a prepared feature store",
                               description="Every retrieval direction the embeddings allow (R@1/5/10/50, "
-                                          "MedR, MeanR; SPEC §7) and zero-shot classification by category.")
+                                          "MedR, MeanR; docs/evaluation.md) and zero-shot classification by category.")
     p.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. runs/x/checkpoints/latest.pt)")
     p.add_argument("--data", required=True, help="feature-store root (e.g. data/clipart)")
     p.add_argument("--split", action="append", default=None,
@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     p.add_argument("--empty-modalities", default="auto", choices=["auto", "masking_token", "excluded"],
                    help="an item lacking a modality: 'masking_token' scores it through the model's masking token "
-                        "(every item is a query, SPEC §7), 'excluded' leaves it out of the directions needing "
+                        "(every item is a query, docs/evaluation.md), 'excluded' leaves it out of the directions needing "
                         "that modality; 'auto' (default): what the store records (masking_token for converted "
                         "MSR-VTT / YouCook2), else excluded")
     p.add_argument("--word-vectors", default=None,

@@ -1,4 +1,4 @@
-"""Log-mel spectrogram frames for the audio modality (SPEC §1: 16 kHz, 25 ms window, 10 ms hop, 40 mels).
+"""Log-mel spectrogram frames for the audio modality (the reference's front end: 16 kHz, 25 ms window, 10 ms hop, 40 mels; docs/clipart.md).
 
 For a mono waveform x (any sample rate sr), :func:`log_mel_spectrogram` computes
 

@@ -215,7 +215,7 @@ class FeatureStoreDataset(Dataset):
         ids, captions, categories: per-item lists from ``items.jsonl`` (None where absent), used by
             evaluation (identical captions count as correct answers).
         complete_size: size of the complete benchmark (manifest field ``complete_size``, else ``len``):
-            retrieval percentages are divided by it (SPEC §7).
+            retrieval percentages are divided by it (docs/evaluation.md).
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""The field's evaluation pickles: MSR-VTT 1k-A and YouCook2 val (SPEC §6).
+"""The field's evaluation pickles: MSR-VTT 1k-A and YouCook2 val (docs/data.md).
 
 **Security: these files are Python pickles, and loading a pickle executes code stored in it.** Only
 load pickles from a source you trust (the files the EAO / Multi-SK authors distribute); convert them
@@ -14,7 +14,7 @@ YouCook2 (``youcook_val.pkl``): a list of dicts ``id``, ``2d_full``, ``3d_full``
 (str). Items without ``2d_full`` are skipped — the reference's rule; they are counted in
 ``EvalSet.skipped_by_rule`` — and the complete size is 3350.
 
-Windows (SPEC §1, §7), taken from the start of each item as the reference's evaluation loaders do (its
+Windows (docs/data.md, docs/evaluation.md), taken from the start of each item as the reference's evaluation loaders do (its
 ``clip`` strategy): video tokens ``[n(2D resampled to the 3D rate) ; n(3D)]`` first 48 (MSR-VTT, 32 s) /
 72 (YouCook2, 48 s) time steps; audio first 3072 / 4608 frames, stored time-first as (F, 40). An item
 whose 2D or 3D array has no time step gets an empty video (the reference masks the whole video then);
@@ -98,7 +98,7 @@ def _video_and_audio(record: Mapping[str, Any], where: str, key_2d: str, key_3d:
     spec = check_array(_require(record, "audio", where), where, "audio", shape=(N_MELS, None))
     if f2d.shape[0] == 0 or f3d.shape[0] == 0:
         # the reference's ``clip`` strategy masks every video token when either half is empty, so
-        # the item's video goes through the masking token (SPEC §7) rather than half a feature
+        # the item's video goes through the masking token (docs/evaluation.md) rather than half a feature
         video = np.zeros((0, FEATURE_DIM_2D + FEATURE_DIM_3D), dtype=np.float32)
     else:
         video = combine_video_features(f2d, f3d)[: window["video"]]

@@ -36,7 +36,7 @@ def evaluation_collate(dataset, table: ModalityTable):
 #: Items per model call in evaluation. Fixed, whatever ``--batch-size`` says: a CPU/GPU matrix kernel's
 #: result for one row depends on the batch's size and on the row's position in it (tail tiles take other
 #: code paths; measured: 3.5e-7 on a video embedding), and such last-bit differences break the exact
-#: ties of identical captions that SPEC §7's rank averages, so R@k moved with the batch size.
+#: ties of identical captions that the rank of docs/evaluation.md averages, so R@k moved with the batch size.
 EVAL_MODEL_BATCH = 16
 
 

@@ -1,4 +1,4 @@
-"""Caption tokenisation and word-vector encoding (SPEC §1).
+"""Caption tokenisation and word-vector encoding (the reference's GloVe captions; docs/data.md).
 
 The reference turns a caption into text tokens as follows: split it with the regex ``[\\w']+`` (no
 lower-casing), keep the words present in the word-vector vocabulary, take the first ``max_words`` of

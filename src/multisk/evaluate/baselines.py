@@ -3,7 +3,7 @@
 A trained model is only worth using if it beats what the frozen input features already give. Three
 references, scored with exactly the retrieval code of the trained runs
 (:func:`multisk.metrics.directions.evaluate_directions`: group-aware, items with identical captions
-are all correct answers, items lacking a modality excluded as in SPEC §7):
+are all correct answers, items lacking a modality excluded as in docs/evaluation.md):
 
 ``random``
     seeded Gaussian embeddings (64-d) for every modality: chance level (R@k ≈ 100 k / N).

@@ -1,6 +1,6 @@
 """What evaluation feeds the model: the window of each modality and what happens to empty modalities.
 
-Two sources, in this order (SPEC §7):
+Two sources, in this order (docs/evaluation.md):
 
 * the split's manifest records an ``eval_window`` (``multisk data convert`` does for MSR-VTT and
   YouCook2: the first 48 / 3072 or 72 / 4608 steps, the reference's ``clip`` strategy). Evaluation uses
@@ -49,7 +49,7 @@ def recorded_window(info: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
 
 
 def eval_store_dataset(cfg: Config, root: str, split: str) -> FeatureStoreDataset:
-    """One split of a store as evaluation feeds it to the model of ``cfg`` (window of SPEC §7 when the
+    """One split of a store as evaluation feeds it to the model of ``cfg`` (window of docs/evaluation.md when the
     store records one, else the model's lengths). The dataset's ``eval_inputs`` says which."""
     dataset = store_dataset(cfg, root, split)
     window = recorded_window(dataset.store.info)

@@ -1,4 +1,4 @@
-"""Embed evaluation datasets with a model and score every retrieval direction (SPEC §7)."""
+"""Embed evaluation datasets with a model and score every retrieval direction (docs/evaluation.md)."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def score_retrieval(
     Args:
         emb: :func:`embed_dataset` output (``joint`` and ``nonempty``).
         mode: ``"masking_token"`` (every item is a query and a gallery entry; an empty modality is the
-            model's masking-token embedding, SPEC §7) or ``"excluded"`` (items lacking a modality leave the
+            model's masking-token embedding, docs/evaluation.md) or ``"excluded"`` (items lacking a modality leave the
             sides that need it).
         table: the model's modality table (:func:`model_modality_table`; default the built-in rows):
             names, letters and the directions listed, skipped ones included.
@@ -192,7 +192,7 @@ def evaluate_model(
     keep_embeddings: bool = False,
     empty_modalities: str = "auto",
 ) -> Dict[str, Any]:
-    """Evaluate every split (SPEC §7).
+    """Evaluate every split (docs/evaluation.md).
 
     Returns ``{split: entry}`` with, per split:
 

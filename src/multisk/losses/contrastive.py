@@ -1,4 +1,4 @@
-"""Contrastive losses on cosine-similarity matrices (SPEC §3), single-process and global-batch (DDP).
+"""Contrastive losses on cosine-similarity matrices (docs/losses.md), single-process and global-batch (DDP).
 
 * :class:`NormSoftmax` — symmetric InfoNCE with temperature τ (EAO's "NormSoftmax", τ = 0.05):
 
@@ -111,7 +111,7 @@ class ContrastiveCriterion(nn.Module):
 
 
 class NormSoftmax(ContrastiveCriterion):
-    """Symmetric InfoNCE, logits = S / τ (SPEC §3; EAO's NormSoftmaxLoss, τ = 0.05)."""
+    """Symmetric InfoNCE, logits = S / τ (docs/losses.md; EAO's NormSoftmaxLoss, τ = 0.05)."""
 
     def __init__(self, temperature: float = 0.05):
         super().__init__()
@@ -196,7 +196,7 @@ def parse_pairs(pair_weights: Mapping[str, float], available: Iterable[str]) -> 
 
 
 class CombinatorialContrastiveLoss(nn.Module):
-    """Weighted mean of a contrastive criterion over pairs of joint embeddings (SPEC §3).
+    """Weighted mean of a contrastive criterion over pairs of joint embeddings (docs/losses.md).
 
         L = Σ_p w_p L_p / Σ_p w_p,   L_p = criterion(cos(a_p, b_p)) over the rows where every modality
                                            of both sides is nonempty (rows and columns dropped).
@@ -246,7 +246,7 @@ class CombinatorialContrastiveLoss(nn.Module):
 
         Returns (loss, per_pair) where loss is 0-dim with gradient and per_pair maps pair name -> the
         detached 0-dim loss of that pair (under DDP: this rank's share × W; mean over ranks = global).
-        The similarity matrices and everything after them are float32 with autocast off (SPEC §5: the
+        The similarity matrices and everything after them are float32 with autocast off (as in the reference: the
         reference computes its losses outside autocast).
         """
         if keys is None:

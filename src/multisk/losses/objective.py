@@ -1,4 +1,4 @@
-"""The training objective: contrastive + β · SSPC (SPEC §3), with per-term logging tensors.
+"""The training objective: contrastive + β · SSPC (docs/losses.md), with per-term logging tensors.
 
     loss = L_contrastive + β · L_SSPC        (β = loss.sspc.weight; SSPC absent when loss.sspc.enabled
                                                is false)

@@ -1,4 +1,4 @@
-"""Retrieval in every direction the embeddings allow (SPEC §7).
+"""Retrieval in every direction the embeddings allow (docs/evaluation.md).
 
 Names. Embeddings come as a dict ``name -> (N, E)`` where row i of every matrix is item i. Single
 modalities are ``"text"``, ``"video"``, ``"audio"``; embeddings the model itself computes for a pair
@@ -9,7 +9,7 @@ brings its own, e.g. ``f`` for flow: ``t2f f2t``, single → single only; pass t
 
 * single → single: ``t2v v2t t2a a2t v2a a2v``
 * late fusion (always available when the single modalities are): ``t2v+a v+a2t v2t+a t+a2v a2t+v
-  t+v2a``. The late-fused embedding of x and y is ``(n(x) + n(y)) / 2`` (SPEC §1), n = L2
+  t+v2a``. The late-fused embedding of x and y is ``(n(x) + n(y)) / 2`` (the reference's late fusion), n = L2
   normalisation; it is re-normalised before the cosine, which changes nothing in the ranking since
   cosine similarity ignores the scale of each row.
 * model-fused pairs (when the pair embedding exists): ``t2va va2t v2ta ta2v a2tv tv2a``.
@@ -68,7 +68,7 @@ def _side(*modalities: str, fused_by_model: bool = False, table: Optional[Modali
 
 
 def _all_directions() -> List[Tuple[Side, Side]]:
-    """Every direction of SPEC §7 in the order reports list them."""
+    """Every direction of docs/evaluation.md in the order reports list them."""
     t, v, a = "text", "video", "audio"
     singles = [(t, v), (v, t), (t, a), (a, t), (v, a), (a, v)]
     directions = [(_side(x), _side(y)) for x, y in singles]
@@ -85,7 +85,7 @@ ALL_DIRECTIONS: Dict[str, Tuple[Side, Side]] = {
 
 
 def table_directions(table: Optional[ModalityTable] = None) -> Dict[str, Tuple[Side, Side]]:
-    """:data:`ALL_DIRECTIONS` (SPEC §7 over text, video, audio), then, for every further row of the
+    """:data:`ALL_DIRECTIONS` (docs/evaluation.md, over text, video, audio), then, for every further row of the
     modality table (``table``, e.g. ``model.modality_table``; default the built-in rows), single →
     single directions between it and each other modality (``t2f f2t``)."""
     table = MODALITY_SPECS if table is None else table
@@ -278,7 +278,7 @@ def evaluate_directions(
     directions: Optional[Sequence[str]] = None,
     table: Optional[ModalityTable] = None,
 ) -> Dict[str, Dict[str, float]]:
-    """Retrieval metrics (SPEC §7) for every direction the embeddings allow.
+    """Retrieval metrics (docs/evaluation.md) for every direction the embeddings allow.
 
     Args:
         embeddings: name -> (N, E) torch or numpy; row i of every matrix is item i. Names:

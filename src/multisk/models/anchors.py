@@ -1,4 +1,4 @@
-"""Anchor heads (SPEC §2): learnable anchor sets whose cosine similarities to an embedding are the
+"""Anchor heads (docs/losses.md): learnable anchor sets whose cosine similarities to an embedding are the
 "assignment scores" used by the structure-preserving consistency loss.
 
 For every modality m there are two sets, each a (K × dim) matrix used row-L2-normalised:
@@ -31,7 +31,7 @@ def anchor_scores(x: Tensor, anchors: Tensor) -> Tensor:
 
 
 class AnchorHeads(nn.Module):
-    """The six anchor sets of SPEC §2 (two per modality).
+    """The six anchor sets of docs/losses.md (two per modality).
 
     ``input_anchors[m]`` (K, D_m: embed_dim, or the modality's frozen pooled width) and
     ``joint_anchors[m]`` (K, projection_dim) are ``nn.ParameterDict`` entries; :meth:`input_scores` /

@@ -1,4 +1,4 @@
-"""Building blocks of the Everything-at-Once model family (SPEC §1).
+"""Building blocks of the Everything-at-Once model family (docs/architecture.md).
 
 * :class:`GatedEmbeddingUnit` — linear map followed by context gating,
   ``y = W1 x + b1;  y = y * sigmoid(W2 y + b2)`` (Miech et al.), used for the token projections and

@@ -1,4 +1,4 @@
-"""The multi-modal model: Everything-at-Once fusion transformer(s) with anchor heads (SPEC §1–§2).
+"""The multi-modal model: Everything-at-Once fusion transformer(s) with anchor heads (the paper's Sec. 3, docs/architecture.md).
 
 Pipeline for each modality m present in ``ModelConfig.modalities``::
 
@@ -17,7 +17,7 @@ sequences of each pair (a, b) of the model's modalities (every pair, in modality
 token both are the CLS output). ``variant = "per_modality"`` is the paper's released model
 (``TransformerPerModalityModel2``): one transformer per modality, no pairs.
 
-Anchor scores (SPEC §2): ``input_anchor_scores[m] = u_m · n(Z_m)ᵀ`` and
+Anchor scores (docs/losses.md): ``input_anchor_scores[m] = u_m · n(Z_m)ᵀ`` and
 ``joint_anchor_scores[m][n] = n(x̂_n) · n(Ẑ_m)ᵀ`` for every joint embedding n (pairs included).
 The output dict is documented in docs/architecture.md ("Model output dict").
 """

@@ -1,4 +1,4 @@
-"""Multi-Assignment Sinkhorn-Knopp (Multi-SK), SPEC §4.
+"""Multi-Assignment Sinkhorn-Knopp (Multi-SK), docs/sinkhorn.md.
 
 Swetha et al., "Preserving Modality Structure Improves Multi-Modal Learning", ICCV 2023 (arXiv 2308.13077).
 
@@ -322,7 +322,7 @@ def multi_sinkhorn(
     process_group=None,
     check_finite: bool = True,
 ) -> torch.Tensor:
-    """Multi-Assignment Sinkhorn-Knopp targets (SPEC §4): each sample is spread over ≥ r anchors.
+    """Multi-Assignment Sinkhorn-Knopp targets (docs/sinkhorn.md): each sample is spread over ≥ r anchors.
 
     With levels μ = 1..K of scale c_μ = ``low_scale`` (first K − r) and 1 (last r), starting from
     ``A[μ, n, k] ∝ exp(c_μ S[n, k] / ε)``, repeats ``n_iters`` times: Σ_n A[μ,n,k] = N/K (per level and
@@ -383,12 +383,12 @@ def multi_sinkhorn_reference(
     n_iters: int = 20,
     low_scale: float = 0.25,
 ) -> torch.Tensor:
-    """SLOW REFERENCE — the literal SPEC §4 formulation on the full K × N × K tensor, one problem at a time.
+    """SLOW REFERENCE — the literal docs/sinkhorn.md formulation on the full K × N × K tensor, one problem at a time.
 
     For tests and the benchmark baseline only: memory K·N·K per problem, exp domain (overflows for small
     ε), leading dims solved in a Python loop as the authors' code does.  Computes in float64 for
     float64 scores, float32 otherwise, and returns that dtype (shape (..., N, K)).  No 1e-5 is added
-    to the denominators (the authors' code does; SPEC §4 states it changes results by < 1e-4).
+    to the denominators (the authors' code does; docs/sinkhorn.md states it changes results by < 1e-4).
     Degenerate rows follow the same rule as :func:`multi_sinkhorn` (P clamped to [0, 1]).
     """
     _check_multi_args(scores, n_assign, eps, n_iters, low_scale)
