@@ -23,10 +23,8 @@ from test_data_formats import (  # noqa: E402  (pytest puts tests/ on sys.path)
 )
 
 
-@pytest.fixture(autouse=True)
-def isolated_word_vector_cache(tmp_path, monkeypatch):
-    """Keep converted word vectors out of the user's ~/.cache during tests."""
-    monkeypatch.setenv("MULTISK_CACHE_DIR", str(tmp_path / "multisk-cache"))
+# converted word vectors go to a per-test cache (tests/conftest.py), not ~/.cache
+pytestmark = pytest.mark.usefixtures("isolated_word_vector_cache")
 
 
 def expect_error(call, *fragments):

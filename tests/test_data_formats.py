@@ -29,10 +29,8 @@ VOCAB = ["a", "man", "is", "cooking", "pasta", "in", "the", "kitchen", "Dog", "r
 DIM = 8
 
 
-@pytest.fixture(autouse=True)
-def isolated_word_vector_cache(tmp_path, monkeypatch):
-    """Keep converted word vectors out of the user's ~/.cache during tests."""
-    monkeypatch.setenv("MULTISK_CACHE_DIR", str(tmp_path / "multisk-cache"))
+# converted word vectors go to a per-test cache (tests/conftest.py), not ~/.cache
+pytestmark = pytest.mark.usefixtures("isolated_word_vector_cache")
 
 
 def make_keyed_vectors(seed: int = 0):

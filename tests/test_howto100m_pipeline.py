@@ -34,9 +34,8 @@ PAPER = REPO / "configs" / "paper" / "howto100m_resnet_tva.yaml"
 EAO = REPO / "configs" / "paper" / "everything_at_once.yaml"
 
 
-@pytest.fixture(autouse=True)
-def isolated_word_vector_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MULTISK_CACHE_DIR", str(tmp_path / "multisk-cache"))
+# converted word vectors go to a per-test cache (tests/conftest.py), not ~/.cache
+pytestmark = pytest.mark.usefixtures("isolated_word_vector_cache")
 
 
 # --------------------------------------------------------------------------------------------------

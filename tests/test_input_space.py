@@ -14,14 +14,12 @@ from multisk.prior import build_model_with_prior
 from multisk.train.datasets_for_config import build_train_dataset, collate_fn_for
 from multisk.prior.fit import fit_text_space_prior
 from multisk.train.trainer import train
-from synthetic_store import N_MELS, TEXT_DIM, VIDEO_DIM, tiny_overrides, write_synthetic_store
+from synthetic_store import N_MELS, TEXT_DIM, VIDEO_DIM, tiny_overrides
 
 CONFIG = "configs/demo.yaml"
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return write_synthetic_store(tmp_path_factory.mktemp("input_space") / "store", n_train=48, n_test=16, n_val=16)
+STORE_SIZES = dict(n_train=48, n_test=16, n_val=16)  # the shared `store` fixture (tests/conftest.py)
 
 
 def frozen_overrides(store, out, **extra):
@@ -104,14 +102,8 @@ def _torchrun():
     return shutil.which("torchrun") or (str(local) if local.exists() else None)
 
 
-def _losses(out):
-    import json
-
-    return {r["step"]: r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
-
-
 @pytest.mark.skipif(_torchrun() is None, reason="torchrun not installed")
-def test_frozen_input_space_and_the_prior_in_the_loss_under_torchrun_match_one_process(store, tmp_path):
+def test_frozen_input_space_and_the_prior_in_the_loss_under_torchrun_match_one_process(logged_losses, store, tmp_path):
     """Two processes on the global batch = one process: SSPC with frozen input anchors (its own gather of
     the input embeddings, widths 12 / 20) and the contrastive loss on the prior mix (model.prior.train_weight)."""
     import os
@@ -129,7 +121,7 @@ def test_frozen_input_space_and_the_prior_in_the_loss_under_torchrun_match_one_p
         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     train(load_config(CONFIG, frozen_overrides(store, single, **common)), progress=False, make_plots=False)
-    expected, got = _losses(single), _losses(ddp)
+    expected, got = logged_losses(single), logged_losses(ddp)
     assert sorted(got) == sorted(expected) == [1, 2, 3, 4]
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=2e-4, abs=1e-5), f"step {step}"

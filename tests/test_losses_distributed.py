@@ -9,7 +9,6 @@ stands in for the encoders, so the gradients are w.r.t. the embeddings' source p
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -261,16 +260,10 @@ def _worker(rank, world, port, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def distributed_results(tmp_path_factory):
+def distributed_results(free_port, tmp_path_factory):
     out_dir = str(tmp_path_factory.mktemp("distributed_losses"))
-    mp.spawn(_worker, args=(WORLD, _free_port(), out_dir), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(WORLD, free_port(), out_dir), nprocs=WORLD, join=True)
     ranks = [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
     single = run_scenarios(0, 1)
     return ranks, single

@@ -24,14 +24,12 @@ from multisk.prior.fit import (
     fit_text_space_prior,
 )
 from multisk.train.trainer import train
-from synthetic_store import N_MELS, TEXT_DIM, VIDEO_DIM, tiny_overrides, write_synthetic_store
+from synthetic_store import N_MELS, TEXT_DIM, VIDEO_DIM, tiny_overrides
 
 CONFIG = "configs/demo.yaml"
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return write_synthetic_store(tmp_path_factory.mktemp("prior") / "store", n_train=60, n_test=24, n_val=20)
+STORE_SIZES = dict(n_train=60, n_test=24, n_val=20)  # the shared `store` fixture (tests/conftest.py)
 
 
 def prior_overrides(store, out, **extra):

@@ -20,7 +20,7 @@ from multisk.evaluate.pipeline import embed_dataset
 from multisk.models import MultiModalModel
 from multisk.prior import PriorMixedModel, build_model_with_prior
 from multisk.train.trainer import train
-from synthetic_store import tiny_overrides, write_synthetic_store
+from synthetic_store import tiny_overrides
 
 CONFIG = "configs/demo.yaml"
 
@@ -38,9 +38,7 @@ BEFORE = {
 }
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return write_synthetic_store(tmp_path_factory.mktemp("prior_eq") / "store", n_train=40, n_test=16, n_val=16)
+STORE_SIZES = dict(n_train=40, n_test=16, n_val=16)  # the shared `store` fixture (tests/conftest.py)
 
 
 @pytest.mark.parametrize("train_weight", [0.0, 0.3])

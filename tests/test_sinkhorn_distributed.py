@@ -1,7 +1,6 @@
 """Sharded rows over 2 gloo processes give the single-process Multi-SK / classic SK result."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -13,12 +12,6 @@ from multisk.sinkhorn import multi_sinkhorn, multi_sinkhorn_two_level, sinkhorn
 WORLD_SIZE = 2
 # Uneven shards on purpose: rank 0 gets the first 23 rows, rank 1 the other 18.
 SPLIT = (23, 18)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _scores() -> torch.Tensor:
@@ -50,8 +43,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def test_distributed_sharded_rows_equal_single_process(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+def test_distributed_sharded_rows_equal_single_process(free_port, tmp_path):
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
     single = _solve_all(_scores(), None)
     shards = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
     for name, expected in single.items():

@@ -18,23 +18,13 @@ import torch
 from multisk.config import ConfigError, load_config
 from multisk.train.trainer import NonFiniteLossError, train
 
-from synthetic_store import tiny_overrides, write_synthetic_store
+from synthetic_store import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "demo.yaml"
 
 
-def _losses(run_dir: Path) -> dict[int, float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in records if "loss" in r}
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return write_synthetic_store(tmp_path_factory.mktemp("store"))
-
-
-def test_train_end_to_end_writes_logs_checkpoints_results_and_plots(store, tmp_path, monkeypatch, capsys):
+def test_train_end_to_end_writes_logs_checkpoints_results_and_plots(logged_losses, store, tmp_path, monkeypatch, capsys):
     from multisk.cli import main
     from multisk.train import step as step_module
     from multisk.train.datasets_for_config import build_train_dataset, collate_fn_for
@@ -65,7 +55,7 @@ def test_train_end_to_end_writes_logs_checkpoints_results_and_plots(store, tmp_p
     trained = json.loads((run / "results.json").read_text())["evaluation"]["test"]
     assert evaluated["retrieval"] == trained["retrieval"] and evaluated["inputs"] == trained["inputs"]
     assert results["steps"] == 2 * (48 // 8)
-    losses = _losses(run)
+    losses = logged_losses(run)
     assert sorted(losses) == list(range(1, 13)) and all(torch.isfinite(torch.tensor(list(losses.values()))))
     assert (run / "checkpoints" / "latest.pt").is_file() and (run / "checkpoints" / "epoch_2.pt").is_file()
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
@@ -79,7 +69,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "multisk.cli", *args]
 
 
-def test_resume_latest_after_kill_reproduces_the_uninterrupted_losses(store, tmp_path):
+def test_resume_latest_after_kill_reproduces_the_uninterrupted_losses(logged_losses, store, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = ["--no-progress", "--config", str(CONFIG)]
     full = tmp_path / "full"
@@ -101,7 +91,7 @@ def test_resume_latest_after_kill_reproduces_the_uninterrupted_losses(store, tmp
     resumed = subprocess.run(_cli("train", *common, *overrides, "--resume", "latest"), env=env,
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    expected, got = _losses(full), _losses(killed)
+    expected, got = logged_losses(full), logged_losses(killed)
     assert sorted(got) == sorted(expected) == list(range(1, 19))
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), f"step {step}"
@@ -121,7 +111,7 @@ def test_resume_from_a_missing_checkpoint_is_a_clear_error(store, tmp_path):
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
                     reason="torchrun not installed")
-def test_distributed_torchrun_two_processes_match_one_process_on_the_global_batch(store, tmp_path):
+def test_distributed_torchrun_two_processes_match_one_process_on_the_global_batch(logged_losses, store, tmp_path):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # DAVEnet's BatchNorm normalises with per-rank statistics unless train.sync_batchnorm (CUDA only),
@@ -138,7 +128,7 @@ def test_distributed_torchrun_two_processes_match_one_process_on_the_global_batc
     single = tmp_path / "single"
     cfg = load_config(CONFIG, tiny_overrides(store, single, **steps, **{"train.batch_size": 8}))
     train(cfg, progress=False, make_plots=False)
-    expected, got = _losses(single), _losses(ddp)
+    expected, got = logged_losses(single), logged_losses(ddp)
     assert sorted(got) == sorted(expected) == [1, 2, 3, 4]
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=2e-4, abs=1e-5), f"step {step}"
@@ -168,7 +158,7 @@ def test_init_checkpoint_starts_fine_tuning_from_the_given_weights(store, tmp_pa
         train(bad, progress=False)
 
 
-def test_train_on_the_howto100m_layout(tmp_path):
+def test_train_on_the_howto100m_layout(logged_losses, tmp_path):
     from test_data_formats import write_howto_fixture, write_word2vec_binary
 
     fx = write_howto_fixture(tmp_path / "howto")
@@ -187,5 +177,5 @@ def test_train_on_the_howto100m_layout(tmp_path):
     ]
     results = train(load_config(CONFIG, overrides), progress=False)
     assert results["steps"] == 3  # 2 videos x 4 clips = one 8-clip batch per epoch
-    losses = _losses(tmp_path / "run")
+    losses = logged_losses(tmp_path / "run")
     assert sorted(losses) == [1, 2, 3] and all(torch.isfinite(torch.tensor(list(losses.values()))))

@@ -18,23 +18,14 @@ from multisk.checkpoint import CheckpointError, load_checkpoint
 from multisk.config import ConfigError, load_config
 from multisk.train.trainer import train
 
-from synthetic_store import tiny_overrides, write_synthetic_store
+from synthetic_store import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "demo.yaml"
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return write_synthetic_store(tmp_path_factory.mktemp("store"))
-
-
 def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _losses(run_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in _records(run_dir) if "loss" in r}
 
 
 def _run(store, out, **overrides):
@@ -95,17 +86,17 @@ def test_eval_every_logs_evaluations_at_its_steps_and_the_last_one_is_results_js
 
 
 @pytest.fixture(scope="module")
-def fp32_losses(store, tmp_path_factory):
+def fp32_losses(logged_losses, store, tmp_path_factory):
     out = tmp_path_factory.mktemp("fp32")
     _run(store, out, **{"train.steps": 2, "data.eval_splits": "[]"})
-    return _losses(out)
+    return logged_losses(out)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_training_runs_on_cpu_close_to_fp32(store, tmp_path, precision, fp32_losses):
+def test_mixed_precision_training_runs_on_cpu_close_to_fp32(logged_losses, store, tmp_path, precision, fp32_losses):
     reference = fp32_losses
     _run(store, tmp_path / precision, **{"train.steps": 2, "data.eval_splits": "[]", "train.precision": precision})
-    got = _losses(tmp_path / precision)
+    got = logged_losses(tmp_path / precision)
     assert sorted(got) == [1, 2] and all(torch.isfinite(torch.tensor(list(got.values()))))
     # same weights and batch at step 1: autocast changes the loss only by rounding (and does change it)
     assert got[1] == pytest.approx(reference[1], rel=3e-2) and got[1] != reference[1]
@@ -117,7 +108,7 @@ def test_mixed_precision_training_runs_on_cpu_close_to_fp32(store, tmp_path, pre
         assert scaler == {}  # bf16 needs no loss scaling
 
 
-def test_checkpoints_from_elsewhere_gpu_written_or_without_config(store, tmp_path, monkeypatch, capsys):
+def test_checkpoints_from_elsewhere_gpu_written_or_without_config(logged_losses, store, tmp_path, monkeypatch, capsys):
     from multisk.cli import main
 
     first = tmp_path / "first"
@@ -142,7 +133,7 @@ def test_checkpoints_from_elsewhere_gpu_written_or_without_config(store, tmp_pat
     assert train(cfg, resume="latest", progress=False, make_plots=False)["steps"] == 3
     whole = tmp_path / "whole"
     _run(store, whole, **{"train.steps": 3, "data.eval_splits": "[]"})
-    assert _losses(resumed)[3] == pytest.approx(_losses(whole)[3], rel=1e-5)
+    assert logged_losses(resumed)[3] == pytest.approx(logged_losses(whole)[3], rel=1e-5)
 
 
 def test_resuming_with_another_global_batch_is_a_clear_error(store, tmp_path):
@@ -167,7 +158,7 @@ def _torchrun() -> str | None:
 
 
 @pytest.mark.skipif(_torchrun() is None, reason="torchrun not installed")
-def test_one_process_checkpoint_resumes_on_two_processes_with_sspc_off(store, tmp_path):
+def test_one_process_checkpoint_resumes_on_two_processes_with_sspc_off(logged_losses, store, tmp_path):
     """SSPC off under DDP (the anchors get no gradient: DDP used to die at the second step), and a
     checkpoint of 1 process resumed by 2: the run continues exactly in global-batch terms."""
     # text + video only: no BatchNorm statistics, so ranks' shares give the single-process numbers
@@ -185,7 +176,7 @@ def test_one_process_checkpoint_resumes_on_two_processes_with_sspc_off(store, tm
         env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "written by 1 processes, resuming on 2" in result.stderr + result.stdout
-    expected, got = _losses(whole), _losses(run)
+    expected, got = logged_losses(whole), logged_losses(run)
     assert sorted(got) == sorted(expected) == [1, 2, 3, 4, 5]
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=2e-4, abs=1e-5), f"step {step}"

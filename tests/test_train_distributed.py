@@ -5,18 +5,11 @@ within train.barrier_timeout_s is an error naming what the ranks were waiting fo
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import torch.multiprocessing as mp
 
 from multisk.train.process_group import gather_objects, host_barrier, init_distributed
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, port: int, results) -> None:
@@ -35,10 +28,10 @@ def _worker(rank: int, port: int, results) -> None:
     results.put((rank, outcome))
 
 
-def test_ranks_meet_at_the_host_barrier_and_a_late_rank_0_is_named_in_the_error():
+def test_ranks_meet_at_the_host_barrier_and_a_late_rank_0_is_named_in_the_error(free_port):
     context = mp.get_context("spawn")
     results = context.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [context.Process(target=_worker, args=(r, port, results)) for r in range(2)]
     for p in procs:
         p.start()
