@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from repo_paths import REPO
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = REPO
 BENCHMARKS = REPO_ROOT / "benchmarks"
 SCRIPT = BENCHMARKS / "bench_train_step.py"
 

@@ -4,14 +4,13 @@ caption-corruption option it relies on."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from synthetic_store import tiny_overrides, write_synthetic_store
+from repo_paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "demo.yaml"
 
 

@@ -37,6 +37,7 @@ from multisk.data.clipart import (  # noqa: E402
 from multisk.data.feature_store import FeatureStore, read_manifest  # noqa: E402
 from multisk.data.encoding import normalize_caption  # noqa: E402
 from multisk.errors import DataFormatError  # noqa: E402
+from repo_paths import TESTS
 
 SVG_TEMPLATE = """<?xml version="1.0" encoding="UTF-8" standalone="no"?>
 <svg xmlns="http://www.w3.org/2000/svg" xmlns:cc="http://web.resource.org/cc/"
@@ -407,7 +408,7 @@ def test_prepare_clipart_command_as_typed(tmp_path):
 def test_media_tests_fail_instead_of_skipping_when_media_are_required(pytester, monkeypatch):
     """The conftest hook: with MULTISK_REQUIRE_MEDIA=1 a media test that skips (for any reason, or
     because the packages are missing) fails; without it, it skips; unmarked tests are untouched."""
-    hooks = (Path(__file__).parent / "conftest.py").read_text(encoding="utf-8")
+    hooks = (TESTS / "conftest.py").read_text(encoding="utf-8")
     pytester.makeconftest(hooks.replace('pytest_plugins = ["pytester"]', ""))
     pytester.makepyfile(
         test_media_hook="""

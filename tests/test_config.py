@@ -3,6 +3,7 @@
 import pytest
 
 from multisk.config import ConfigError, config_from_dict, config_to_dict, load_config
+from repo_paths import REPO
 
 
 def test_defaults_and_overrides():
@@ -49,7 +50,7 @@ def test_missing_file_and_malformed_override(tmp_path):
 def test_every_shipped_config_loads():
     from pathlib import Path
 
-    configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    configs = sorted((REPO / "configs").rglob("*.yaml"))
     assert len(configs) >= 5
     for path in configs:
         load_config(path)

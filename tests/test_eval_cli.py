@@ -18,8 +18,9 @@ from multisk.data.feature_store import FeatureStore, FeatureStoreWriter
 from multisk.train.trainer import train
 
 from synthetic_store import CLASSES, N_MELS, TEXT_DIM, VIDEO_DIM, tiny_overrides, write_synthetic_store
+from repo_paths import REPO
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+CONFIG = REPO / "configs" / "demo.yaml"
 
 
 def add_split_without(store_root: Path, source: str, split: str, drop: str) -> None:

@@ -8,7 +8,6 @@ clips with `multisk train`, and `multisk eval` must score every test item on the
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +18,9 @@ from test_data_formats import (
     VOCAB, make_keyed_vectors, msrvtt_record, write_howto_fixture, write_pickle, write_word2vec_binary,
     youcook_record,
 )
+from repo_paths import REPO
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+CONFIG = REPO / "configs" / "demo.yaml"
 N_MSRVTT = 968
 LONG = (0, 1, 2)                  # items longer than the evaluation window
 NO_AUDIO = (3, 10, 500)           # (40, 0) spectrograms

@@ -5,7 +5,6 @@ joint embedding as the stored item's text."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,9 @@ from multisk.data.feature_store import FeatureStoreWriter, read_manifest
 from multisk.evaluate.classification import classify_by_category
 from multisk.evaluate.text_queries import embed_texts, query_encoder_spec
 from multisk.models import build_model
+from repo_paths import REPO
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+CONFIG = REPO / "configs" / "demo.yaml"
 CAPTIONS = ["a red car on the road", "a smiling cat", "pizza with cheese", "qqqxj blorptang"]
 CATEGORIES = ["car", "cat", "pizza", "car"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
+from repo_paths import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 
 def test_gpu_check_dry_run_runs_every_stage_and_writes_both_reports(tmp_path):

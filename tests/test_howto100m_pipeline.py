@@ -27,8 +27,8 @@ from multisk.train.sampling import ResumableBatchSampler
 
 from synthetic_store import tiny_overrides, write_synthetic_store
 from test_data_formats import make_keyed_vectors, write_howto_fixture, write_word2vec_binary
+from repo_paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
 PAPER = REPO / "configs" / "paper" / "howto100m_resnet_tva.yaml"
 EAO = REPO / "configs" / "paper" / "everything_at_once.yaml"

@@ -4,9 +4,9 @@ import torch
 
 from multisk.config import load_config
 from multisk.models import build_model
-from pathlib import Path
+from repo_paths import REPO
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+CONFIG = REPO / "configs" / "demo.yaml"
 SMALL = ["model.text_dim=6", "model.video_dim=10", "model.embed_dim=16", "model.num_heads=2",
          "model.projection_dim=8", "model.num_anchors=4", "model.audio_width_divisor=32"]
 

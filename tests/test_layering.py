@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from repo_paths import REPO
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "multisk"
+SRC = REPO / "src" / "multisk"
 LIBRARY_PACKAGES = ("sinkhorn", "models", "losses", "data", "metrics", "prior")
 LIBRARY_MODULES = ("config.py", "errors.py", "modalities.py", "checkpoint.py", "device.py", "precision.py")
 APPLICATIONS = ("multisk.train", "multisk.evaluate", "multisk.commands", "multisk.cli")

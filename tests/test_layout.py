@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from repo_paths import REPO
 
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "multisk"
+SRC = REPO / "src" / "multisk"
 MAX_FUNCTION_LINES = 100
 
 # In-function imports of the project's own modules, each with the reason it cannot sit at the top.

@@ -25,8 +25,9 @@ from multisk.evaluate.text_queries import embed_texts
 from multisk.train.trainer import train
 
 from synthetic_store import CLASSES, FILLERS, N_MELS, TEXT_DIM, VIDEO_DIM, tiny_overrides, write_synthetic_store
+from repo_paths import REPO
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+CONFIG = REPO / "configs" / "demo.yaml"
 VOCABULARY = CLASSES + FILLERS
 
 

@@ -19,8 +19,8 @@ from multisk.config import ConfigError, load_config
 from multisk.train.trainer import NonFiniteLossError, train
 
 from synthetic_store import tiny_overrides
+from repo_paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "demo.yaml"
 
 
