@@ -7,7 +7,7 @@ both build their store datasets here instead of importing each other.
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Any, Dict, Mapping, Optional
 
 from multisk.config import Config, ConfigError
 from multisk.data.dataset import FeatureStoreDataset
@@ -36,10 +36,21 @@ def store_modalities(cfg: Config) -> Dict[str, str]:
     return {m: cfg.data.modality_map[m] for m in cfg.model.modalities}
 
 
-def store_dataset(cfg: Config, root: str, split: str) -> FeatureStoreDataset:
-    """One split of a feature store as the model of ``cfg`` expects it (modality map, crops, dims)."""
-    return FeatureStoreDataset(root, split, store_modalities(cfg), token_budgets(cfg), dims=feature_dims(cfg),
-                               table=modality_table(cfg.model))
+def store_dataset(cfg: Config, root: str, split: str,
+                  window: Optional[Mapping[str, Any]] = None) -> FeatureStoreDataset:
+    """One split of a feature store as the model of ``cfg`` expects it (modality map, crops, dims).
+
+    ``window``: an evaluation window ``{"text": int, "video": int, "audio": int, "crop": str}`` (what a
+    converted split records, docs/evaluation.md) that replaces the built-in rows' budgets and the video /
+    audio crop; configured rows (``model.modality_specs``) keep theirs.
+    """
+    budgets = token_budgets(cfg)
+    crops: Dict[str, str] = {}
+    if window is not None:
+        budgets.update({m: int(window[m]) for m in ("text", "video", "audio")})
+        crops = {"video_crop": str(window["crop"]), "audio_crop": str(window["crop"])}
+    return FeatureStoreDataset(root, split, store_modalities(cfg), budgets, dims=feature_dims(cfg),
+                               table=modality_table(cfg.model), **crops)
 
 
 __all__ = ["feature_dims", "store_dataset", "store_modalities", "token_budgets"]

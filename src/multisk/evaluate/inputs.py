@@ -24,6 +24,7 @@ from typing import Any, Dict, Mapping, Optional
 
 from multisk.config import Config
 from multisk.data.dataset import FeatureStoreDataset
+from multisk.data.feature_store import read_manifest
 from multisk.data.store_for_config import store_dataset
 from multisk.errors import DataFormatError
 
@@ -51,16 +52,11 @@ def recorded_window(info: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
 def eval_store_dataset(cfg: Config, root: str, split: str) -> FeatureStoreDataset:
     """One split of a store as evaluation feeds it to the model of ``cfg`` (window of docs/evaluation.md when the
     store records one, else the model's lengths). The dataset's ``eval_inputs`` says which."""
-    dataset = store_dataset(cfg, root, split)
-    window = recorded_window(dataset.store.info)
-    if window is not None:
-        # the recorded window replaces the built-in budgets; configured rows (model.modality_specs) keep theirs
-        dataset.max_tokens = {**dataset.max_tokens, "text": window["text"], "video": window["video"],
-                              "audio": window["audio"]}
-        dataset.video_crop = dataset.audio_crop = window["crop"]
-        source = "recorded in the store at conversion"
-    else:
-        source = "the model's training lengths (data.max_*)"
+    info = read_manifest(root).get("splits", {}).get(split)  # a missing split: the store names it below
+    window = recorded_window(info) if isinstance(info, Mapping) else None
+    # the recorded window replaces the built-in budgets at construction; configured rows keep theirs
+    dataset = store_dataset(cfg, root, split, window=window)
+    source = "recorded in the store at conversion" if window is not None else "the model's training lengths (data.max_*)"
     dataset.eval_inputs = {  # type: ignore[attr-defined]
         "text_tokens": int(dataset.max_tokens["text"]),
         "video_tokens": int(dataset.max_tokens["video"]),
