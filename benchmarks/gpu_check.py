@@ -19,7 +19,7 @@ Stages, in order (each is timed, and a failing stage is recorded and the next on
                   losses of each step against one process on the global batch.
 
 Writes ``report.json`` and ``report.md`` to ``--out``. Exit status 0 when every stage passed its check.
-``--dry-run`` is run by the test suite (tests/test_gpu_check.py), so the script cannot rot before a GPU
+``--dry-run`` is run by the test suite (tests/cli/test_gpu_check.py), so the script cannot rot before a GPU
 comes.
 """
 

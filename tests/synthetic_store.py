@@ -82,7 +82,7 @@ def tiny_overrides(root: Path, out: Path, **extra) -> list[str]:
         "loss.sspc.queue_size": 16, "train.batch_size": 8, "train.epochs": 2, "train.log_every": 1,
         "train.output_dir": str(out), "train.lr": 0.001,
         # the demo's text-space prior needs a val split and Lite0/MiniLM for its concept head: off here,
-        # on in tests/test_prior.py and tests/test_demo.py (stores written with n_val > 0)
+        # on in tests/prior/test_prior.py and tests/cli/test_demo.py (stores written with n_val > 0)
         "model.prior.enabled": "false", "model.prior.concept_classes": 0, "data.val_split": "null",
     }
     values.update(extra)
