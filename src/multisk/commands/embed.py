@@ -44,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser("search", help="text search over an index written by `multisk embed`")
     s.add_argument("query", help="free text")
     s.add_argument("--index", required=True, help="index folder or .npz written by `multisk embed`")
-    s.add_argument("--target", default="video", help="embedding to search: video, audio, video+audio, ...")
+    s.add_argument("--target", default="video",
+                   help="embedding to search: video, audio, video+audio (items having both), any (each item by "
+                        "the modalities it has)")
     s.add_argument("--top", type=int, default=10)
     s.add_argument("--checkpoint", default=None,
                    help="the checkpoint the index was made with, if it is no longer where the index says")

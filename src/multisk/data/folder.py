@@ -267,9 +267,10 @@ def encode_folder(
 
 
 def clip_video_items(items: List[Dict[str, Any]], clip_seconds: Optional[float]) -> List[Dict[str, Any]]:
-    """Split every video item into moments: windows ``[k c, min((k + 1) c, D))`` of ``c = clip_seconds``
-    over the video's duration ``D`` (its sound track's length at 100 log-mel frames per second, else its
-    number of 1-fps frames), so that search answers with a moment, not a whole video.
+    """Split every video item into moments: windows ``[k c, (k + 1) c)`` of ``c = clip_seconds`` over the
+    video's duration ``D`` (its sound track's length at 100 log-mel frames per second, else its number of
+    1-fps frames), the last one ending at ``D`` (a tail shorter than ``c / 2`` joins the window before),
+    so that search answers with a moment, not a whole video.
 
     A moment keeps the video's caption and category, gets the id ``STEM#t=START,END`` (the W3C media
     fragment of that window), fields ``start`` / ``end`` (seconds) and ``entry`` (the video's id); its
@@ -288,8 +289,10 @@ def clip_video_items(items: List[Dict[str, Any]], clip_seconds: Optional[float])
         frames, audio = item["tokens"]["video"], item["tokens"]["audio"]
         duration = audio.shape[0] / AUDIO_FRAMES_PER_SECOND if audio is not None else float(frames.shape[0])
         count = max(1, int(np.ceil(duration / clip_seconds - 1e-6)))
+        if count > 1 and duration - (count - 1) * clip_seconds < clip_seconds / 2:
+            count -= 1  # a tail shorter than half a window joins the last window
         for k in range(count):
-            start, end = k * clip_seconds, min((k + 1) * clip_seconds, duration)
+            start, end = k * clip_seconds, (duration if k == count - 1 else (k + 1) * clip_seconds)
             first = min(int(np.floor(start)), frames.shape[0] - 1)
             video = frames[first: max(first + 1, int(np.ceil(end - 1e-6)))]
             sound = None

@@ -46,6 +46,7 @@ INDEX_VERSION = 4  # 3: a score calibration (multisk.evaluate.search_calibration
 INDEX_FILE = "index.npz"  # the index inside an index folder
 CHECKPOINT_DIR = "checkpoints"  # the copies of the checkpoints, inside the index's folder
 DEFAULT_ITEM_FIELDS = ("id", "caption", "category", "path")
+ANY_TARGET = "any"  # search target: each item by whichever of its modalities it has
 
 
 def index_file(path: str | Path) -> Path:
@@ -155,10 +156,28 @@ def index_checkpoint(index: Mapping[str, Any], override: Optional[str | Path] = 
     return found
 
 
+def _any_embeddings(index: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target ``any``: per item, the normalised mean of the L2-normalised single-modality embeddings it
+    has (``video`` and/or ``audio``, ...): pictures, videos and sounds of a collection in one ranking."""
+    names = [n for n in index["joint"] if n != "text" and "_" not in n]
+    total = torch.zeros_like(index["joint"][names[0]].float()) if names else None
+    valid = torch.zeros(total.shape[0] if names else 0, dtype=torch.bool)
+    for n in names:
+        has = index["nonempty"].get(n, torch.ones(total.shape[0], dtype=torch.bool))
+        total += torch.nn.functional.normalize(index["joint"][n].float(), dim=-1) * has[:, None]
+        valid |= has
+    if not bool(valid.any()):
+        raise DataFormatError(f"{index['path']}: --target any: no item has a picture, video or sound embedding")
+    return torch.nn.functional.normalize(total, dim=-1), valid
+
+
 def target_embeddings(index: Mapping[str, Any], target: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(gallery (N, E) L2-normalised, valid (N,) bool)`` of a search target: one embedding (``video``),
     or the mean of several L2-normalised ones, normalised again (late fusion, ``video+audio``); an item is
-    valid when it has every modality the target reads. Raises when no item is."""
+    valid when it has every modality the target reads. Raises when no item is. ``any``: every item by
+    the modalities it has (:func:`_any_embeddings`)."""
+    if target == ANY_TARGET:
+        return _any_embeddings(index)
     names = target.split("+")
     missing = [n for n in names if n not in index["joint"]]
     if missing:
@@ -241,5 +260,5 @@ def search_index(index: Mapping[str, Any], query: str, *, target: str = "video",
     return searcher.search(query, target=target, top=top)
 
 
-__all__ = ["INDEX_FILE", "IndexSearcher", "copy_checkpoint_beside", "file_sha256", "index_checkpoint", "index_file",
+__all__ = ["ANY_TARGET", "INDEX_FILE", "IndexSearcher", "copy_checkpoint_beside", "file_sha256", "index_checkpoint", "index_file",
            "load_index", "save_index", "search_index", "target_embeddings"]
