@@ -4,6 +4,7 @@ captions, sounds, and a three-second video whose seconds are red, green and blue
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,17 @@ def tiny_folder_checkpoint(path: Path, seed: int = 0) -> Path:
     torch_seed(seed)
     model = build_model(cfg.model)
     return save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg)}, path, also_latest=False)
+
+
+def start_server(index_dir: Path, **kwargs):
+    """``(service, server, (host, port))``: ``multisk serve``'s app on 127.0.0.1, a free port, served by a
+    daemon thread (``server.shutdown()`` stops it)."""
+    from multisk.evaluate.serve import SearchService, make_server
+
+    service = SearchService(index_dir, device="cpu", **kwargs)
+    server = make_server(service, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return service, server, ("127.0.0.1", server.port)
 
 
 def torch_seed(seed: int) -> None:

