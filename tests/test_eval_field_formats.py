@@ -33,8 +33,10 @@ def msrvtt_records(rng) -> list:
     for i in range(N_MSRVTT):
         long = i in LONG
         caption = "zzz qqq unknown" if i in NO_WORDS else f"a man is {VOCAB[3 + i % 20]} {VOCAB[i % 24]}"
+        # audio lengths vary item to item (12 .. 311 frames, 3500 for the long ones), so the padding a
+        # batch would get from its longest item differs from batch to batch
         record = msrvtt_record(rng, f"video{7000 + i}", caption, t2d=40 if long else 2, t3d=60 if long else 2,
-                               frames=3500 if long else 12)
+                               frames=3500 if long else 12 + (i * 53) % 300)
         if i in NO_AUDIO:
             record["audio"] = np.zeros((40, 0), dtype=np.float32)
         if i in EMPTY_2D:
@@ -157,3 +159,23 @@ def test_converted_store_records_the_text_encoder_and_search_uses_it(field_run, 
         assert main(["search", "a man is cooking", "--index", str(index), "--word-vectors", str(moved), "--top", "1"]) == 0
     finally:
         moved.rename(vectors)
+
+
+def _retrieval_numbers(results: dict) -> dict:
+    return {split: {label: {k: v for k, v in metrics.items()} for label, metrics in entry["retrieval"].items()}
+            for split, entry in results.items()}
+
+
+def test_eval_numbers_do_not_depend_on_the_batch_size(field_run):
+    """Every item is padded to the recorded window (3072 / 4608 audio frames), never to the longest item
+    of its batch: DAVEnet's convolutions and eval-mode BatchNorm see the padding, so batch-dependent
+    padding moved every audio direction with --batch-size."""
+    ckpt = field_run["run"] / "checkpoints" / "latest.pt"
+    numbers = {}
+    for batch_size in (7, 64):
+        out = field_run["base"] / f"eval_bs{batch_size}"
+        assert main(["eval", "--checkpoint", str(ckpt), "--data", str(field_run["store"]), "--out", str(out),
+                     "--batch-size", str(batch_size)]) == 0
+        numbers[batch_size] = _retrieval_numbers(json.loads((out / "results.json").read_text()))
+    assert set(numbers[7]["msrvtt_test"]) >= {"t2a", "a2t", "t2v+a", "v+a2t", "v2a"}
+    assert numbers[7] == numbers[64]
