@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default="100000,1000000", help="gallery sizes, comma-separated")
     parser.add_argument("--dim", type=int, default=256, help="embedding dimension (the demo model's: 256)")
     parser.add_argument("--clusters", type=int, default=2000)
-    parser.add_argument("--spread", type=float, default=1.5, help="noise scale around the cluster centres")
+    parser.add_argument("--spread", type=float, default=1.0, help="noise scale around the cluster centres")
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--nprobe", default=f"8,{DEFAULT_NPROBE},128", help="cells scanned per query, comma-separated")

@@ -172,3 +172,53 @@ def test_a_symlink_leaving_the_root_is_refused(tmp_path):
             safe_media_path(root, bad)
     with pytest.raises(FileNotFoundError):
         safe_media_path(root, "pics/missing.png")
+
+
+def readme_search_commands() -> list[str]:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Search your collection", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in section.strip().splitlines()]
+
+
+def test_the_readme_commands_as_typed(tmp_path, monkeypatch, capsys):
+    """The README's three lines with ~ as a temporary home: embed a folder, search it, serve it (as a
+    subprocess, on the README's port 8765 when it is free), and query the page over HTTP."""
+    import shlex
+    import socket
+    import subprocess
+    import sys
+
+    embed, search_line, serve = readme_search_commands()
+    home = tmp_path / "home"
+    write_media_folder(home / "Pictures")
+    run = tmp_path / "runs" / "demo" / "sspc" / "checkpoints"
+    tiny_folder_checkpoint(run / "latest.pt")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(home))
+
+    def argv(line: str) -> list[str]:
+        words = shlex.split(line)
+        assert words[0] == "multisk"
+        return [os.path.expanduser(w) for w in words[1:]]
+
+    assert main(argv(embed) + ["--no-progress"]) == 0
+    assert "7 new, 0 changed, 0 removed, 0 unchanged" in capsys.readouterr().out
+    assert main(argv(search_line)) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 7
+    with socket.socket() as probe:
+        free = probe.connect_ex(("127.0.0.1", 8765)) != 0
+    command = [sys.executable, "-m", "multisk.cli", *argv(serve), *([] if free else ["--port", "0"])]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(main.__code__.co_filename).parents[1]),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = process.stdout.readline()
+        found = re.search(r"at http://127\.0\.0\.1:(\d+)/", line)
+        assert found, (line, process.stderr.read() if process.poll() is not None else "")
+        status, data = search(("127.0.0.1", int(found.group(1))), "a red apple")
+        assert status == 200 and len(data["results"]) == 7
+        picture = next(r for r in data["results"] if "image" in r["media"])
+        assert get(("127.0.0.1", int(found.group(1))), picture["media"]["image"])[0] == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
