@@ -43,13 +43,13 @@ class MediaRefused(Exception):
 
 
 def safe_media_path(root: Path, relative: str) -> Path:
-    """``root / relative`` resolved, or :class:`MediaRefused` when ``relative`` is absolute, has a ``..``
-    or backslash or NUL, or resolves (symlinks followed) outside ``root``; FileNotFoundError if missing."""
+    """``root / relative`` resolved, or :class:`MediaRefused` when ``relative`` is absolute, has a ``..``,
+    ``.`` or empty segment, a backslash or NUL, or resolves (symlinks followed) outside ``root``;
+    FileNotFoundError if missing."""
     if not relative or "\\" in relative or "\x00" in relative or relative.startswith("/"):
         raise MediaRefused(f"{relative!r}: not a relative path inside the collection")
-    parts = PurePosixPath(relative).parts
-    if any(part in ("..", ".") for part in parts) or PurePosixPath(relative).is_absolute():
-        raise MediaRefused(f"{relative!r}: '..' and '.' are not allowed in a media path")
+    if any(part in ("..", ".", "") for part in relative.split("/")) or PurePosixPath(relative).is_absolute():
+        raise MediaRefused(f"{relative!r}: '..', '.' and empty segments are not allowed in a media path")
     base = root.resolve()
     target = (base / relative).resolve()
     if not target.is_relative_to(base):
