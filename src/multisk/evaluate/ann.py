@@ -3,9 +3,10 @@
 Both take L2-normalised rows, so cosine is the inner product ``s_i = <q, g_i>``.
 
 * Exact (:class:`ExactSearch`): one matrix product ``S = Q G^T`` (Q queries x N rows) and a top-k per
-  query. Its cost grows with N: ``benchmarks/bench_search.py`` measured ~4 ms per query at 100k rows of
-  256 dimensions and ~45 ms at 1M on the 2-core development machine (shared load), so collections up to
-  :data:`EXACT_LIMIT` rows are searched exactly (a query then stays under ~15 ms and recall is 1).
+  query. It reads the whole gallery per query, so its time grows with N: ``benchmarks/bench_search.py``
+  measured 66-75 ms per query at 100k rows of 256 dimensions and 0.9-1.2 s at 1M on the 2-core
+  development machine under shared load (docs/benchmarks.md). Collections up to :data:`EXACT_LIMIT`
+  rows are searched exactly (a query then stays under ~0.1 s there, and recall is 1).
 * Approximate (:class:`ApproximateSearch`): a faiss inverted-file index (``IndexIVFFlat`` with the
   inner-product metric): k-means with ``nlist = sqrt(N)`` cells trained on ``64 nlist`` sampled rows,
   each query scanning the ``nprobe`` cells whose centroids are nearest. Scores of the rows it returns are
@@ -25,7 +26,7 @@ import torch
 
 from multisk.errors import ConfigError
 
-EXACT_LIMIT = 250_000  # rows; measured in benchmarks/bench_search.py (module docstring)
+EXACT_LIMIT = 100_000  # rows; chosen from benchmarks/bench_search.py (module docstring)
 DEFAULT_NPROBE = 32
 
 
