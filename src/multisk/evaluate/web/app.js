@@ -36,7 +36,12 @@ function card(result) {
   } else {
     visual = el("div", { class: "visual sound", text: "♪" });
   }
-  const body = el("div", { class: "body" }, [el("div", { class: "caption", text: result.caption || "(no caption)" })]);
+  // no caption: the file's name stands in, in grey (e.g. "apple_bitten_01.png" -> "apple bitten 01")
+  const title = result.caption ||
+    (result.file || result.id).split("/").pop().replace(/\.[^.]*$/, "").replace(/[_-]+/g, " ");
+  const body = el("div", { class: "body" }, [
+    el("div", { class: result.caption ? "caption" : "caption untitled", text: title }),
+  ]);
   if (media.audio && !media.video) body.appendChild(el("audio", { src: media.audio, controls: "", preload: "none" }));
   if (result.start !== undefined) {
     body.appendChild(el("div", { class: "moment", text: `moment ${result.start}–${result.end} s` }));
