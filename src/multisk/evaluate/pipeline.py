@@ -32,6 +32,15 @@ def evaluation_collate(dataset, table: ModalityTable):
     return partial(collate_batch, pad_to=pad_to, table=table)
 
 
+def storage_dtypes(dataset) -> Dict[str, str]:
+    """Model modality -> the dtype its features are stored in (the store manifest's ``dtype``); empty
+    for a dataset without a feature store."""
+    store = getattr(dataset, "store", None)
+    mapping = getattr(dataset, "modality_map", None) or {}
+    stored = (getattr(store, "info", None) or {}).get("modalities", {})
+    return {m: str(stored[name]["dtype"]) for m, name in mapping.items() if name in stored}
+
+
 def model_modality_table(model: torch.nn.Module) -> ModalityTable:
     """The modality table a model was built with (``MultiModalModel.modality_table``: the built-in
     rows plus ``model.modality_specs``); the built-in rows for a model without one."""
@@ -234,6 +243,7 @@ def evaluate_split(
         "empty_modalities": mode,
         "precision": precision,
         "model_batch": EVAL_MODEL_BATCH,
+        "storage_dtype": storage_dtypes(dataset),
         "items_with": {m: int(flag.sum()) for m, flag in emb["nonempty"].items()},
     }
     entry: Dict[str, Any] = {"n_items": len(dataset)}
@@ -288,4 +298,4 @@ def evaluate_model(
 
 
 __all__ = ["EVAL_MODEL_BATCH", "caption_groups", "fixed_size_batches", "embed_dataset", "evaluation_collate", "evaluate_model", "evaluate_split", "model_modality_table",
-           "nonempty_for_joint", "score_retrieval"]
+           "nonempty_for_joint", "score_retrieval", "storage_dtypes"]
