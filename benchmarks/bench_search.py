@@ -105,7 +105,8 @@ def main(argv=None) -> int:
     import faiss
 
     faiss.omp_set_num_threads(args.threads)
-    print(f"# {format_machine(machine_description(torch.device('cpu')))}; {args.threads} thread(s); dim {args.dim}, {args.queries} queries, "
+    print(f"# {format_machine(machine_description(torch.device('cpu')))}; {args.threads} thread(s); dim {args.dim}, "
+          f"{args.queries} queries, "
           f"{args.clusters} clusters, spread {args.spread}")
     print(f"{'rows':>9} {'nlist':>6} {'build s':>8} {'nprobe':>6} {'exact ms/q':>11} {'approx ms/q':>12} "
           f"{'speed-up':>9} {'recall@' + str(args.k):>10}")

@@ -78,10 +78,10 @@ def _embed_folder(args: argparse.Namespace) -> int:
                                   copy_checkpoint=not args.no_copy_checkpoint, progress=not args.no_progress,
                                   quantile=args.calibration_quantile)
     summary = embed_collection(embedder)
+    resumed = f", of which {summary['resumed']} embedded by an interrupted run" if summary["resumed"] else ""
     print(f"wrote {summary['index']}: {summary['items']} items from {summary['entries']} files "
           f"({summary['new']} new, {summary['changed']} changed, {summary['removed']} removed, {summary['unchanged']} "
-          f"unchanged{', of which ' + str(summary['resumed']) + ' embedded by an interrupted run' if summary['resumed'] else ''}) "
-          f"in {summary['seconds']:.1f} s")
+          f"unchanged{resumed}) in {summary['seconds']:.1f} s")
     for bad in summary["skipped"]:
         print(f"skipped {bad['file']}: {bad['error']}")
     _print_calibration(summary["calibration"])

@@ -260,5 +260,6 @@ def search_index(index: Mapping[str, Any], query: str, *, target: str = "video",
     return searcher.search(query, target=target, top=top)
 
 
-__all__ = ["ANY_TARGET", "INDEX_FILE", "IndexSearcher", "copy_checkpoint_beside", "file_sha256", "index_checkpoint", "index_file",
+__all__ = ["ANY_TARGET", "INDEX_FILE", "IndexSearcher", "copy_checkpoint_beside", "file_sha256", "index_checkpoint",
+           "index_file",
            "load_index", "save_index", "search_index", "target_embeddings"]

@@ -59,7 +59,10 @@ def safe_media_path(root: Path, relative: str) -> Path:
     return target
 
 
-def media_roots(index: Mapping[str, Any], media_root: Optional[str | Path] = None) -> Tuple[List[Path], List[Dict[str, Tuple[int, str]]]]:
+MediaFiles = List[Dict[str, Tuple[int, str]]]  # per item: {kind: (root number, path relative to that root)}
+
+
+def media_roots(index: Mapping[str, Any], media_root: Optional[str | Path] = None) -> Tuple[List[Path], MediaFiles]:
     """``(roots, per item {kind: (root number, relative path)})`` of an index's media files."""
     meta = index["meta"]
     collection = meta.get("collection")
@@ -106,6 +109,7 @@ class SearchService:
         items = self.index["meta"]["items"]
         self.categories = sorted({item.get("category") for item in items if item.get("category")})
         self.row_of = {item["id"]: n for n, item in enumerate(items)}
+        self._target_rows: Dict[str, torch.Tensor] = {}
         self._category_embeddings: Optional[Tuple[List[str], torch.Tensor]] = None
         self.lock = threading.Lock()
 
@@ -144,7 +148,9 @@ class SearchService:
         names, emb = self._category_embeddings
         if not names:
             return []
-        rows_emb = target_embeddings(self.index, target)[0][rows]
+        if target not in self._target_rows:
+            self._target_rows[target] = target_embeddings(self.index, target)[0]
+        rows_emb = self._target_rows[target][rows]
         centre = torch.nn.functional.normalize(rows_emb.mean(dim=0), dim=0)
         scores = emb @ centre
         order = torch.argsort(scores, descending=True).tolist()[:3]
