@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,3 +182,39 @@ def test_videos_become_moments_of_clip_seconds():
     silent = {**video, "tokens": {"video": frames[:3], "audio": None}}
     assert [(i["start"], i["end"]) for i in clip_video_items([silent], 1.0)] == [(0, 1), (1, 2), (2, 3)]
     assert clip_video_items([video], None) == [video]
+
+
+def test_a_run_killed_with_sigkill_continues_where_it_stopped(checkpoint, tmp_path, capsys):
+    """A real `kill -9` of `multisk embed` once two chunks are on disk (whatever it was writing then is
+    lost); the rerun reuses what was saved and ends with the same index as an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = write_media_folder(tmp_path / "media")
+    (folder / "extra").mkdir()
+    for k in range(4):  # more chunks than the kill can miss
+        write_picture(folder / "extra" / f"p{k}.png", (30 * k, 100, 200 - 20 * k), seed=k)
+    pending = tmp_path / "idx" / collection.PENDING_DIR
+    command = [sys.executable, "-m", "multisk.cli", "embed", "--checkpoint", str(checkpoint), "--folder", str(folder),
+               "--index", str(tmp_path / "idx"), "--chunk-items", "1", "--no-progress", "--device", "cpu"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(collection.__file__).parents[2]),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 240
+    while len(list(pending.glob("chunk-*.npz"))) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    saved = len(list(pending.glob("chunk-*.npz")))
+    assert saved >= 2 and not (tmp_path / "idx" / "index.npz").exists()
+    capsys.readouterr()
+    resumed = _embed(checkpoint, folder, tmp_path / "idx")
+    assert f"of which {saved} embedded by an interrupted run" in capsys.readouterr().out
+    assert not list(pending.iterdir())  # chunks merged, no temporary file left
+    fresh = _rows(_embed(checkpoint, folder, tmp_path / "fresh"))
+    rows = _rows(resumed)
+    assert list(rows) == list(fresh)
+    for key in fresh:
+        np.testing.assert_allclose(rows[key], fresh[key], atol=1e-5)

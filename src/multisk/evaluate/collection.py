@@ -135,6 +135,8 @@ def load_known(index_dir: Path, sha256: str, checkpoint: Path) -> tuple[_Rows, L
     """The index's and the pending chunks' embedded items; raises :class:`ModelMismatchError` for a part
     made by another checkpoint. Returns ``(rows, pending chunk paths)``."""
     rows = _Rows()
+    for stale in (index_dir / PENDING_DIR).glob(".chunk-*.tmp"):  # a chunk being written when a run was killed
+        stale.unlink()
     parts = [index_dir / INDEX_FILE] if (index_dir / INDEX_FILE).is_file() else []
     pending = sorted((index_dir / PENDING_DIR).glob("chunk-*.npz"))
     for path in parts + pending:
@@ -151,9 +153,14 @@ def load_known(index_dir: Path, sha256: str, checkpoint: Path) -> tuple[_Rows, L
 
 
 def _atomic_savez(path: Path, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``path`` whole or not at all: a hidden temporary file (``.NAME.PID.tmp``, which no reader
+    globs), flushed to disk, then renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8), **arrays)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8), **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
