@@ -224,3 +224,30 @@ def test_the_readme_commands_as_typed(tmp_path, monkeypatch, capsys):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_moved_collection_is_served_from_media_root(served):
+    base = served["base"]
+    moved = base / "media_moved"
+    shutil.copytree(served["folder"], moved)
+    service, server, address = start_server(base / "moved_idx", media_root=moved)
+    try:
+        status, data = search(address, "a red apple", target="video")
+        picture = next(r for r in data["results"] if r["file"] == "fruit/red_apple.png")
+        (moved / "fruit" / "red_apple.png").write_bytes(b"the copy")
+        assert get(address, picture["media"]["image"])[2] == b"the copy"  # read from the new root
+    finally:
+        server.shutdown()
+
+
+def test_media_roots_of_a_store_index_are_its_pictures_folders(tmp_path):
+    from multisk.evaluate.serve import media_roots
+
+    items = [{"id": "a", "path": "/data/pics/a.png"}, {"id": "b", "path": "/data/other/b.png"},
+             {"id": "c", "path": "/data/pics/c.png"}, {"id": "sound"}]
+    roots, media = media_roots({"meta": {"items": items}})
+    assert roots == [Path("/data/pics"), Path("/data/other")]
+    assert media == [{"image": (0, "a.png")}, {"image": (1, "b.png")}, {"image": (0, "c.png")}, {}]
+    folder_meta = {"collection": {"root": "/m"}, "items": [{"id": "x", "media": {"image": "p/x.png", "audio": "p/x.wav"}}]}
+    roots, media = media_roots({"meta": folder_meta})
+    assert roots == [Path("/m")] and media == [{"image": (0, "p/x.png"), "audio": (0, "p/x.wav")}]
