@@ -218,3 +218,18 @@ def test_a_run_killed_with_sigkill_continues_where_it_stopped(checkpoint, tmp_pa
     assert list(rows) == list(fresh)
     for key in fresh:
         np.testing.assert_allclose(rows[key], fresh[key], atol=1e-5)
+
+
+def test_search_answers_the_same_through_the_approximate_index(checkpoint, tmp_path, capsys):
+    """--exact-limit 1 sends the search through faiss; scanning every cell it must print what exact search
+    prints (ranks, scores, items)."""
+    pytest.importorskip("faiss")
+    folder = write_media_folder(tmp_path / "media")
+    _embed(checkpoint, folder, tmp_path / "idx")
+    outputs = []
+    for extra in ([], ["--exact-limit", "1", "--nprobe", "1000"]):
+        capsys.readouterr()
+        assert main(["search", "a yellow banana", "--index", str(tmp_path / "idx"), "--target", "any",
+                     "--device", "cpu", *extra]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and len(outputs[0].splitlines()) == 7

@@ -52,6 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the checkpoint the index was made with, if it is no longer where the index says")
     s.add_argument("--word-vectors", default=None,
                    help="the word-vector file the store's text was made with, if it is no longer where recorded")
+    s.add_argument("--exact-limit", type=int, default=None,
+                   help="search exactly up to this many items, approximately (faiss) beyond (default 100000)")
+    s.add_argument("--nprobe", type=int, default=32,
+                   help="approximate search: index cells scanned per query (more: better recall, slower; default 32)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=run_search)
 
@@ -159,7 +163,8 @@ def run_search(args: argparse.Namespace) -> int:
             unknown = f"; not in the vocabulary: {' '.join(words[1])}" if words[1] else ""
             print(f"query words used ({describe(spec)}): {' '.join(words[0])}{unknown}", file=sys.stderr)
     hits = search_index(index, args.query, target=args.target, top=args.top, device=pick_device(args.device),
-                        checkpoint=args.checkpoint, word_vectors=args.word_vectors)
+                        checkpoint=args.checkpoint, word_vectors=args.word_vectors, exact_limit=args.exact_limit,
+                        nprobe=args.nprobe)
     notice = confidence_notice(index["meta"], args.target, hits[0]["score"]) if hits else None
     if notice:
         print(notice, file=sys.stderr)

@@ -15,6 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the collection's folder, if it moved since `multisk embed` (files are served from it only)")
     p.add_argument("--checkpoint", default=None, help="the index's checkpoint, if it is not found where recorded")
     p.add_argument("--word-vectors", default=None, help="the word-vector file, if it is not where recorded")
+    p.add_argument("--exact-limit", type=int, default=None,
+                   help="search exactly up to this many items, approximately (faiss) beyond (default 100000)")
+    p.add_argument("--nprobe", type=int, default=32,
+                   help="approximate search: index cells scanned per query (more: better recall, slower; default 32)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=run_serve)
 
@@ -24,7 +28,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from multisk.train.process_group import pick_device
 
     service = SearchService(args.index, device=pick_device(args.device), media_root=args.media_root,
-                            checkpoint=args.checkpoint, word_vectors=args.word_vectors)
+                            checkpoint=args.checkpoint, word_vectors=args.word_vectors, exact_limit=args.exact_limit,
+                            nprobe=args.nprobe)
     server = make_server(service, args.host, args.port)
     info = service.info()
     print(f"searching {info['items']} items of {info['index']} at http://{args.host}:{server.port}/ "

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from multisk.errors import DataFormatError
-from multisk.evaluate.ann import GallerySearch
+from multisk.evaluate.ann import DEFAULT_NPROBE, GallerySearch
 from multisk.evaluate.loading import load_model
 from multisk.evaluate.text_queries import describe, embed_texts
 
@@ -200,12 +200,12 @@ class IndexSearcher:
     """Text search over one index with its model loaded once (``multisk search`` and ``multisk serve``).
 
     ``checkpoint`` / ``word_vectors`` override the recorded ones (:func:`index_checkpoint`);
-    ``exact_limit``: see :class:`multisk.evaluate.ann.GallerySearch`.
+    ``exact_limit``, ``nprobe``: see :class:`multisk.evaluate.ann.GallerySearch`.
     """
 
     def __init__(self, index: Mapping[str, Any], *, device: str | torch.device = "cpu",
                  checkpoint: Optional[str | Path] = None, word_vectors: Optional[str] = None,
-                 exact_limit: Optional[int] = None) -> None:
+                 exact_limit: Optional[int] = None, nprobe: int = DEFAULT_NPROBE) -> None:
         self.index = index
         self.spec = index["meta"].get("text_encoder")
         if not self.spec:
@@ -215,13 +215,15 @@ class IndexSearcher:
         self.device = device
         self.word_vectors = word_vectors
         self.exact_limit = exact_limit
+        self.nprobe = nprobe
         self.model, _ = load_model(index_checkpoint(index, checkpoint), device=device)
         self._galleries: Dict[str, GallerySearch] = {}
 
     def gallery(self, target: str) -> GallerySearch:
         if target not in self._galleries:
             gallery, valid = target_embeddings(self.index, target)
-            self._galleries[target] = GallerySearch(gallery, valid, exact_limit=self.exact_limit)
+            self._galleries[target] = GallerySearch(gallery, valid, exact_limit=self.exact_limit,
+                                                    nprobe=self.nprobe)
         return self._galleries[target]
 
     def embed(self, texts: List[str]) -> torch.Tensor:
@@ -247,7 +249,8 @@ class IndexSearcher:
 
 def search_index(index: Mapping[str, Any], query: str, *, target: str = "video", top: int = 10,
                  device: str | torch.device = "cpu", checkpoint: Optional[str | Path] = None,
-                 word_vectors: Optional[str] = None) -> List[Dict[str, Any]]:
+                 word_vectors: Optional[str] = None, exact_limit: Optional[int] = None,
+                 nprobe: int = DEFAULT_NPROBE) -> List[Dict[str, Any]]:
     """The ``top`` items whose ``target`` embedding has the highest cosine with the query's text embedding.
 
     Returns dicts ``{"score", "id", "caption"?, "category"?, "path"?, ...}``, best first. Raises (with a
@@ -256,7 +259,8 @@ def search_index(index: Mapping[str, Any], query: str, *, target: str = "video",
     """
     if not query.strip():
         raise DataFormatError("query: empty search text")
-    searcher = IndexSearcher(index, device=device, checkpoint=checkpoint, word_vectors=word_vectors)
+    searcher = IndexSearcher(index, device=device, checkpoint=checkpoint, word_vectors=word_vectors,
+                             exact_limit=exact_limit, nprobe=nprobe)
     return searcher.search(query, target=target, top=top)
 
 

@@ -29,6 +29,7 @@ from urllib.parse import quote
 import torch
 
 from multisk.errors import DataFormatError, UserFacingError
+from multisk.evaluate.ann import DEFAULT_NPROBE
 from multisk.evaluate.index import ANY_TARGET, IndexSearcher, load_index, target_embeddings
 from multisk.evaluate.search_calibration import confidence_notice, search_targets
 from multisk.evaluate.text_queries import embed_texts, query_words
@@ -97,10 +98,11 @@ class SearchService:
     """The index, its model and the media it may serve; thread-safe ``search``."""
 
     def __init__(self, index_path: str | Path, *, device: str | torch.device = "cpu", media_root=None,
-                 checkpoint=None, word_vectors=None, exact_limit: Optional[int] = None) -> None:
+                 checkpoint=None, word_vectors=None, exact_limit: Optional[int] = None,
+                 nprobe: int = DEFAULT_NPROBE) -> None:
         self.index = load_index(index_path)
         self.searcher = IndexSearcher(self.index, device=device, checkpoint=checkpoint, word_vectors=word_vectors,
-                                      exact_limit=exact_limit)
+                                      exact_limit=exact_limit, nprobe=nprobe)
         self.word_vectors = word_vectors
         self.roots, self.media = media_roots(self.index, media_root)
         self.allowed = {(number, rel) for files in self.media for number, rel in files.values()}
