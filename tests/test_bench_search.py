@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,9 @@ import pytest
 pytest.importorskip("faiss")
 
 from multisk.evaluate.ann import ApproximateSearch, ExactSearch, GallerySearch  # noqa: E402
+from repo_paths import REPO
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_search.py"
+SCRIPT = REPO / "benchmarks" / "bench_search.py"
 
 
 def unit_rows(count: int, dim: int, seed: int) -> np.ndarray:

@@ -14,10 +14,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from repo_paths import REPO, TESTS
 
 
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def chromium_driver():
@@ -98,7 +98,7 @@ def test_typing_a_query_shows_pictures_sounds_and_moments(browser, server):
 def test_browser_tests_fail_instead_of_skipping_when_the_browser_is_required(pytester, monkeypatch):
     """The conftest hook: with MULTISK_REQUIRE_BROWSER=1 a browser test that skips fails; without it, it
     skips; unmarked tests are untouched."""
-    hooks = (Path(__file__).parent / "conftest.py").read_text(encoding="utf-8")
+    hooks = (TESTS / "conftest.py").read_text(encoding="utf-8")
     pytester.makeconftest(hooks.replace('pytest_plugins = ["pytester"]', ""))
     pytester.makepyfile(
         test_browser_hook="""

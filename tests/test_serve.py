@@ -26,6 +26,7 @@ from multisk.evaluate.serve import MediaRefused, safe_media_path  # noqa: E402
 from multisk.evaluate.text_queries import embed_texts  # noqa: E402
 
 from media_collection import start_server, tiny_folder_checkpoint, write_media_folder  # noqa: E402
+from repo_paths import REPO
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +178,7 @@ def test_a_symlink_leaving_the_root_is_refused(tmp_path):
 
 
 def readme_search_commands() -> list[str]:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Search your collection", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     return [line.strip() for line in section.strip().splitlines()]
 
