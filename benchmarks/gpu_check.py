@@ -80,9 +80,9 @@ class Timer:
 
 def write_store(root: Path, n_train: int = 48, n_test: int = 16, seed: int = 0) -> Path:
     """A small feature store with word-vector captions (some items without video or audio)."""
-    from multisk.data.feature_store import FeatureStoreWriter
-    from multisk.data.text import encode_text
-    from multisk.data.word_vectors import load_word_vectors
+    from multisk.data.store.feature_store import FeatureStoreWriter
+    from multisk.data.encoders.text import encode_text
+    from multisk.data.encoders.word_vectors import load_word_vectors
 
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("media") is None:
         return
-    from multisk.data.clipart import ClipartSources, apt_install_line
+    from multisk.data.formats.clipart import ClipartSources, apt_install_line
 
     missing = ClipartSources().missing_packages()
     if missing:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from multisk.data.feature_store import FeatureStoreWriter
+from multisk.data.store.feature_store import FeatureStoreWriter
 
 TEXT_DIM, VIDEO_DIM, N_MELS = 12, 16, 40
 CLASSES = ["cat", "dog", "car", "tree", "boat", "house"]
@@ -32,8 +32,8 @@ def write_synthetic_store(root: Path, n_train: int = 48, n_test: int = 24, seed:
     class-dependent token modalities, item i with ``2 + i % 7`` tokens (so budgets crop some), every
     fifth item without it; each from its own generator, so the other modalities do not change either.
     ``n_val > 0`` adds a ``val`` split drawn like the others."""
-    from multisk.data.text import encode_text
-    from multisk.data.word_vectors import load_word_vectors
+    from multisk.data.encoders.text import encode_text
+    from multisk.data.encoders.word_vectors import load_word_vectors
 
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)

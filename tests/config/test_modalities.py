@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from multisk.config import MODALITIES, ConfigError, DataConfig, ModelConfig, load_config
-from multisk.data.feature_store import FeatureStoreWriter
-from multisk.data.store_for_config import feature_dims, store_dataset, token_budgets
+from multisk.data.store.feature_store import FeatureStoreWriter
+from multisk.data.store.store_for_config import feature_dims, store_dataset, token_budgets
 from multisk.errors import DataFormatError
 from multisk.metrics.directions import available_directions, evaluate_directions
 from multisk.evaluate.pipeline import evaluate_model, score_retrieval
@@ -141,7 +141,7 @@ def test_a_fourth_modality_declared_in_yaml_only_trains_one_step_and_is_evaluate
     assert saved["evaluation"]["test"]["retrieval"]["f2t"] == retrieval["f2t"]
 
     # free-form text queries (search, classification by class names) feed the flow row empty, too
-    from multisk.data.feature_store import read_manifest
+    from multisk.data.store.feature_store import read_manifest
     from multisk.evaluate.text_queries import embed_texts, query_encoder_spec
 
     spec = query_encoder_spec(read_manifest(flow_store), "test", "text")

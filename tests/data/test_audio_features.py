@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from multisk.data.audio_features import (
+from multisk.data.encoders.audio_features import (
     audio_file_features,
     hz_to_mel,
     log_mel_spectrogram,

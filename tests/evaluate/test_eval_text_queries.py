@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from multisk.config import load_config
-from multisk.data.dataset import FeatureStoreDataset, collate_batch
-from multisk.data.feature_store import FeatureStoreWriter, read_manifest
+from multisk.data.store.dataset import FeatureStoreDataset, collate_batch
+from multisk.data.store.feature_store import FeatureStoreWriter, read_manifest
 from multisk.evaluate.classification import classify_by_category
 from multisk.evaluate.text_queries import embed_texts, query_encoder_spec
 from multisk.models import build_model
@@ -27,7 +27,7 @@ CATEGORIES = ["car", "cat", "pizza", "car"]
 def store(tmp_path_factory):
     """A store made the way `multisk data prepare folder` makes one: GloVe ``text`` and MiniLM
     ``text_minilm`` of each caption, both encoders recorded."""
-    from multisk.data.encoding import GLOVE_NAME, CaptionEncoder
+    from multisk.data.encoders.encoding import GLOVE_NAME, CaptionEncoder
 
     root = tmp_path_factory.mktemp("queries") / "store"
     encoder = CaptionEncoder(cache=None)

@@ -307,7 +307,7 @@ def test_results_report_shows_inputs_classification_per_input_and_skips():
 
 
 def test_fixed_size_batches_recut_any_stream_into_equal_batches():
-    from multisk.data.evaluation_batches import fixed_size_batches
+    from multisk.data.store.evaluation_batches import fixed_size_batches
 
     def stream(sizes):
         start = 0

@@ -15,9 +15,9 @@ import torch
 
 from multisk.cli import main
 from multisk.config import load_config
-from multisk.data.feature_store import FeatureStore, FeatureStoreWriter
-from multisk.data.text import encode_text
-from multisk.data.word_vectors import load_word_vectors
+from multisk.data.store.feature_store import FeatureStore, FeatureStoreWriter
+from multisk.data.encoders.text import encode_text
+from multisk.data.encoders.word_vectors import load_word_vectors
 from multisk.evaluate.index import load_index, search_index
 from multisk.evaluate.loading import load_model
 from multisk.evaluate.search_calibration import best_scores

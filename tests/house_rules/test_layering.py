@@ -90,7 +90,7 @@ def test_errors_module_is_a_leaf():
 def test_old_import_paths_re_export_the_same_error_types():
     from multisk import errors
     from multisk.config import ConfigError, load_config
-    from multisk.data.feature_store import FeatureStore, FeatureStoreError
+    from multisk.data.store.feature_store import FeatureStore, FeatureStoreError
 
     assert ConfigError is errors.ConfigError and FeatureStoreError is errors.FeatureStoreError
     assert all(issubclass(cls, ValueError) for cls in (errors.ConfigError, errors.FeatureStoreError,

@@ -80,8 +80,8 @@ def test_bad_input():
 
 
 def test_structure_preservation_of_a_split_and_its_report_line(tmp_path):
-    from multisk.data.dataset import FeatureStoreDataset
-    from multisk.data.pooled_features import pooled_features
+    from multisk.data.store.dataset import FeatureStoreDataset
+    from multisk.data.store.pooled_features import pooled_features
     from multisk.metrics.structure import structure_preservation
     from multisk.evaluate.report import format_results_table
     from synthetic_store import write_synthetic_store

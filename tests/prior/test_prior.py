@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from multisk.config import ConfigError, load_config
-from multisk.data.feature_store import FeatureStore
+from multisk.data.store.feature_store import FeatureStore
 from multisk.metrics.directions import evaluate_directions
 from multisk.evaluate.inputs import eval_store_dataset
 from multisk.evaluate.loading import load_model
 from multisk.prior import RidgeMap, TextSpacePrior, build_model_with_prior, combine_with_prior, pool_inputs, training_mix
 from multisk.modalities import MODALITY_SPECS
-from multisk.data.dataset import collate_batch
+from multisk.data.store.dataset import collate_batch
 from multisk.train.datasets_for_config import build_train_dataset, collate_fn_for
 from multisk.prior.fit import (
     CONCEPT_MIXES,

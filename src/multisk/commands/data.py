@@ -110,9 +110,9 @@ def ensure_clipart_media(install: bool = True, sources: Any = None) -> None:
 
     As root with ``install`` (and apt-get present): ``apt-get install -y ...``, with ``apt-get update``
     first if that fails (a fresh image has no package lists). Otherwise, or if the install fails,
-    :class:`multisk.data.clipart.MissingMediaError` gives the exact line to run.
+    :class:`multisk.data.formats.clipart.MissingMediaError` gives the exact line to run.
     """
-    from multisk.data.clipart import ClipartSources, MissingMediaError, apt_install_line, check_media
+    from multisk.data.formats.clipart import ClipartSources, MissingMediaError, apt_install_line, check_media
 
     sources = sources or ClipartSources()
     missing = sources.missing_packages()
@@ -137,7 +137,7 @@ def ensure_clipart_media(install: bool = True, sources: Any = None) -> None:
 
 
 def _prepare_clipart(args: argparse.Namespace) -> int:
-    from multisk.data.clipart import prepare_clipart
+    from multisk.data.formats.clipart import prepare_clipart
 
     ensure_clipart_media(install=not args.no_install)
     summary = prepare_clipart(args.root, limit=args.limit, skip_bad=args.skip_bad, progress=not args.no_progress)
@@ -146,7 +146,7 @@ def _prepare_clipart(args: argparse.Namespace) -> int:
 
 
 def _prepare_folder(args: argparse.Namespace) -> int:
-    from multisk.data.folder import prepare_folder
+    from multisk.data.formats.folder import prepare_folder
 
     summary = prepare_folder(args.path, args.out, captions=args.captions, split=args.split, skip_bad=args.skip_bad,
                              progress=not args.no_progress, clip_seconds=args.clip_seconds)
@@ -155,7 +155,7 @@ def _prepare_folder(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from multisk.data.convert import DEFAULT_SPLITS, convert_dataset, skipped_report_path
+    from multisk.data.formats.convert import DEFAULT_SPLITS, convert_dataset, skipped_report_path
 
     opts: Dict[str, Any] = {}
     if args.max_video_tokens is not None:
@@ -193,7 +193,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from multisk.data.feature_store import read_manifest
+    from multisk.data.store.feature_store import read_manifest
 
     manifest = read_manifest(args.root)
     if args.json:

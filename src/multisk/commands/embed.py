@@ -103,7 +103,7 @@ def _print_calibration(calibration) -> None:
 
 
 def _embed_store(args: argparse.Namespace) -> int:
-    from multisk.data.feature_store import read_manifest
+    from multisk.data.store.feature_store import read_manifest
     from multisk.errors import ConfigError
     from multisk.evaluate.index import save_index
     from multisk.evaluate.inputs import eval_store_dataset

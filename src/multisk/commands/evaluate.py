@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from multisk.data.feature_store import read_manifest
+    from multisk.data.store.feature_store import read_manifest
     from multisk.evaluate.classification import classify_by_category
     from multisk.evaluate.inputs import eval_store_dataset
     from multisk.evaluate.loading import load_model
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     splits = args.split or [s for s in manifest["splits"] if s != cfg.data.train_split]
     unknown = [s for s in splits if s not in manifest["splits"]]
     if unknown:
-        from multisk.data.feature_store import FeatureStoreError
+        from multisk.data.store.feature_store import FeatureStoreError
 
         raise FeatureStoreError(f"{Path(args.data) / 'manifest.json'}: no split {unknown} (have: {sorted(manifest['splits'])})")
     print(f"evaluating {args.checkpoint}{' (EMA weights)' if args.ema else ''} on {args.data}: {', '.join(splits)}")

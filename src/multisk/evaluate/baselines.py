@@ -43,12 +43,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from multisk.data.feature_store import FeatureStore, FeatureStoreError, read_manifest
-from multisk.data.lite0 import load_lite0
+from multisk.data.store.feature_store import FeatureStore, FeatureStoreError, read_manifest
+from multisk.data.encoders.lite0 import load_lite0
 from multisk.errors import DataFormatError
-from multisk.data.class_names import class_name_embeddings, imagenet_class_names
-from multisk.data.evaluation_batches import caption_groups
-from multisk.data.pooled_features import pooled_features
+from multisk.data.encoders.class_names import class_name_embeddings, imagenet_class_names
+from multisk.data.store.evaluation_batches import caption_groups
+from multisk.data.store.pooled_features import pooled_features
 from multisk.metrics.directions import evaluate_directions
 from multisk.prior.validation import carve_validation
 from multisk.prior.maps import RidgeMap  # one ridge solver for the probe and the model's prior

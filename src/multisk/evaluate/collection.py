@@ -6,7 +6,7 @@ The index folder ``DIR`` holds::
     DIR/checkpoints/SHA16.pt     the copy of the checkpoint that made it (self-contained index)
     DIR/pending/chunk-*.npz      embeddings written since the last completed run (resume points)
 
-A run scans the folder (:func:`multisk.data.folder.index_folder`: pictures, videos, sounds and their
+A run scans the folder (:func:`multisk.data.formats.folder.index_folder`: pictures, videos, sounds and their
 captions), and compares each item's files with what the index recorded:
 
 * unchanged: every file has the recorded size and modification time, or, where the time differs, the
@@ -36,15 +36,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from multisk.data.encoding import FeatureCache, progress_bar, write_split
-from multisk.data.folder import (
+from multisk.data.encoders.encoding import FeatureCache, progress_bar, write_split
+from multisk.data.formats.folder import (
     clip_video_items,
     encode_folder,
     folder_split_metadata,
     index_folder,
     read_caption_csv,
 )
-from multisk.data.image_features import PictureEncoder
+from multisk.data.encoders.image_features import PictureEncoder
 from multisk.errors import DataFormatError
 from multisk.evaluate.index import INDEX_FILE, file_sha256, save_index
 from multisk.evaluate.inputs import eval_store_dataset

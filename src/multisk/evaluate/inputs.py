@@ -23,9 +23,9 @@ from __future__ import annotations
 from typing import Any, Dict, Mapping, Optional
 
 from multisk.config import Config
-from multisk.data.dataset import FeatureStoreDataset
-from multisk.data.feature_store import read_manifest
-from multisk.data.store_for_config import store_dataset
+from multisk.data.store.dataset import FeatureStoreDataset
+from multisk.data.store.feature_store import read_manifest
+from multisk.data.store.store_for_config import store_dataset
 from multisk.errors import DataFormatError
 
 EMPTY_MODALITY_MODES = ("masking_token", "excluded")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from multisk.data.evaluation_batches import EVAL_MODEL_BATCH, caption_groups, evaluation_collate, fixed_size_batches
+from multisk.data.store.evaluation_batches import EVAL_MODEL_BATCH, caption_groups, evaluation_collate, fixed_size_batches
 from multisk.metrics.directions import Side, evaluate_directions, table_directions
 from multisk.evaluate.inputs import dataset_inputs, empty_modalities_mode
 from multisk.metrics.structure import structure_preservation

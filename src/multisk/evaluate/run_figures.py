@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from multisk.data.evaluation_batches import caption_groups
+from multisk.data.store.evaluation_batches import caption_groups
 from multisk.metrics.directions import direction_ranks
 from multisk.evaluate.pipeline import nonempty_for_joint
 

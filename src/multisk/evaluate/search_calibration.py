@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from multisk.data.feature_store import FeatureStore
+from multisk.data.store.feature_store import FeatureStore
 from multisk.errors import ConfigError, DataFormatError
 from multisk.evaluate.index import ANY_TARGET, target_embeddings
 from multisk.evaluate.text_queries import embed_texts

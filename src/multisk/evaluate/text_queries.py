@@ -24,9 +24,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from multisk.data.encoding import CaptionEncoder
-from multisk.data.text import encode_text, tokenize
-from multisk.data.word_vectors import PACKAGED_GLOVE, load_word_vectors
+from multisk.data.encoders.encoding import CaptionEncoder
+from multisk.data.encoders.text import encode_text, tokenize
+from multisk.data.encoders.word_vectors import PACKAGED_GLOVE, load_word_vectors
 from multisk.errors import DataFormatError
 
 MINILM_NAME = "all-MiniLM-L6-v2"

@@ -24,7 +24,7 @@ from typing import Any, Dict, Mapping, Union
 import numpy as np
 import torch
 
-from multisk.data.pooled_features import pooled_features
+from multisk.data.store.pooled_features import pooled_features
 from multisk.modalities import MODALITY_SPECS
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -96,7 +96,7 @@ def structure_preservation(dataset, joint: Mapping[str, Any], nonempty: Mapping[
     input features and its joint embeddings, over the items of one split that have the modality.
 
     Args:
-        dataset: a :class:`multisk.data.dataset.FeatureStoreDataset` (its ``store`` and
+        dataset: a :class:`multisk.data.store.dataset.FeatureStoreDataset` (its ``store`` and
             ``modality_map`` name the frozen features the model read: the text reference is the text
             modality the model was trained on, e.g. MiniLM or GloVe).
         joint: model modality -> (N, E) joint embeddings (``embed_dataset(...)["joint"]``).

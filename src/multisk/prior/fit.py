@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from multisk.config import Config, ConfigError
-from multisk.data.class_names import class_name_embeddings, imagenet_class_names
-from multisk.data.dataset import collate_batch
-from multisk.data.evaluation_batches import EVAL_MODEL_BATCH, caption_groups, evaluation_collate, fixed_size_batches
-from multisk.data.lite0 import load_lite0
+from multisk.data.encoders.class_names import class_name_embeddings, imagenet_class_names
+from multisk.data.store.dataset import collate_batch
+from multisk.data.store.evaluation_batches import EVAL_MODEL_BATCH, caption_groups, evaluation_collate, fixed_size_batches
+from multisk.data.encoders.lite0 import load_lite0
 from multisk.prior.maps import RidgeMap, TextSpacePrior, combine_with_prior, pool_inputs
 from multisk.prior.mixed import prior_of
 from multisk.prior.validation import text_to, val_rsum, validation_pairs
@@ -80,7 +80,7 @@ def _fit_ridge(prior: TextSpacePrior, modality: str, train, val, val_groups, tra
 
 def concept_head_arrays() -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lite0's ImageNet classifier ``(1000, 1280), (1000,)`` and the MiniLM embeddings of the class
-    names ``(1000, 384)`` (packaged weights, offline; :mod:`multisk.data.class_names`)."""
+    names ``(1000, 384)`` (packaged weights, offline; :mod:`multisk.data.encoders.class_names`)."""
     classifier = load_lite0().classifier
     return (classifier.weight.detach().double().numpy(), classifier.bias.detach().double().numpy(),
             class_name_embeddings(imagenet_class_names()))

@@ -1,17 +1,17 @@
-"""The encoding toolkit shared by every media format (:mod:`multisk.data.folder`, the user's own media;
-:mod:`multisk.data.clipart`, the embedded benchmark): a token cache, the caption encoders, cached
+"""The encoding toolkit shared by every media format (:mod:`multisk.data.formats.folder`, the user's own media;
+:mod:`multisk.data.formats.clipart`, the embedded benchmark): a token cache, the caption encoders, cached
 picture / audio / video encoding, and writing a split of the feature store.
 
 =============== ====== ============================================================================
 ``video``        1280  pictures: Lite0 global mean + 2 x 2 grid (5 tokens, see
-                       :mod:`multisk.data.image_features`); videos: one Lite0 global-mean token per
+                       :mod:`multisk.data.encoders.image_features`); videos: one Lite0 global-mean token per
                        second (frames decoded at 1 fps with PyAV)
 ``text``         50    GloVe 6B 50-d vectors of the first 20 in-vocabulary caption words (lower-cased,
                        since the GloVe vocabulary is lower-case)
 ``text_minilm``  384   all-MiniLM-L6-v2 token embeddings of the caption truncated to 20 word pieces
                        ([CLS] and [SEP] included); their mean, L2-normalised, is the model's sentence
                        embedding
-``audio``        40    log-mel frames (F, 40) at 100 frames/s (:mod:`multisk.data.audio_features`)
+``audio``        40    log-mel frames (F, 40) at 100 frames/s (:mod:`multisk.data.encoders.audio_features`)
 =============== ====== ============================================================================
 
 Encoded tokens are cached per input (keyed by the file's path, size and modification time, or the
@@ -29,11 +29,11 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from multisk.data.audio_features import audio_file_features, log_mel_spectrogram
-from multisk.data.feature_store import FeatureStoreWriter
-from multisk.data.image_features import load_picture, picture_reader, square_on_white
-from multisk.data.text import encode_text
-from multisk.data.word_vectors import load_word_vectors
+from multisk.data.encoders.audio_features import audio_file_features, log_mel_spectrogram
+from multisk.data.store.feature_store import FeatureStoreWriter
+from multisk.data.encoders.image_features import load_picture, picture_reader, square_on_white
+from multisk.data.encoders.text import encode_text
+from multisk.data.encoders.word_vectors import load_word_vectors
 from multisk.errors import DataFormatError
 
 STORE_MODALITIES: Dict[str, int] = {"video": 1280, "text": 50, "text_minilm": 384, "audio": 40}
@@ -170,7 +170,7 @@ def encode_pictures_cached(
 
     Work is done in chunks of ``encoder.batch_size`` and every chunk is written to the cache at once,
     so an interrupted run loses at most one chunk. SVG files are rasterised first (their cache key
-    names the rasteriser, see :func:`multisk.data.image_features.picture_reader`).
+    names the rasteriser, see :func:`multisk.data.encoders.image_features.picture_reader`).
     """
     results: List[Optional[np.ndarray]] = [None] * len(paths)
     todo: List[Tuple[int, Dict[str, Any]]] = []

@@ -19,7 +19,7 @@ model selection            ``val``: OpenClipArt pictures held out of ``train`` (
 Every item has ``caption``, ``category`` (OpenClipArt / Tux Paint folder, Asterisk sub-folder),
 ``group`` (items of a split whose captions are equal up to case and spacing share it: all of them are
 correct answers at evaluation), ``source`` and ``file``. Modalities are those of
-``multisk.data.encoding.STORE_MODALITIES`` (video 1280, text 50, text_minilm 384, audio 40).
+``multisk.data.encoders.encoding.STORE_MODALITIES`` (video 1280, text 50, text_minilm 384, audio 40).
 
 Splits are fixed by ``seed`` and written to the store's manifest together with counts, encoder
 settings, each split's ``role`` (train / validation / test) and each file's sha256. Encoded tokens are
@@ -49,7 +49,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from multisk.data.encoding import (
+from multisk.data.encoders.encoding import (
     GLOVE_NAME,
     MAX_TEXT_WORDS,
     CaptionEncoder,
@@ -58,8 +58,8 @@ from multisk.data.encoding import (
     encode_pictures_cached,
     write_split,
 )
-from multisk.data.folder import read_sidecar_caption
-from multisk.data.image_features import PictureEncoder
+from multisk.data.formats.folder import read_sidecar_caption
+from multisk.data.encoders.image_features import PictureEncoder
 from multisk.errors import DataFormatError
 
 DEBIAN_PACKAGES = (

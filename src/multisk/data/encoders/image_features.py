@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from multisk.data.lite0 import fold_batchnorm, images_to_tensor, load_lite0
+from multisk.data.encoders.lite0 import fold_batchnorm, images_to_tensor, load_lite0
 from multisk.errors import DataFormatError
 
 DEFAULT_IMAGE_SIZE = 224

@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
-from multisk.data.dataset import collate_batch
+from multisk.data.store.dataset import collate_batch
 from multisk.modalities import ModalityTable
 
 

@@ -1,4 +1,4 @@
-"""HowTo100M in the layout the field uses (SPEC §6), and training-clip sampling (SPEC §5).
+"""HowTo100M in the layout the field uses (docs/data.md), and training-clip sampling (the reference's rule).
 
 Files::
 
@@ -23,7 +23,7 @@ a video without captions gives clips without text. Such videos are counted when 
 that exists but is truncated, has the wrong key, shape or feature size, or contains NaN/inf raises
 :class:`DataFormatError` naming the file and the field.
 
-Clip sampling (the reference's rule, SPEC §5): draw ``start ~ U[0, max(0, duration - clip_seconds)]``
+Clip sampling (the reference's rule, docs/data.md): draw ``start ~ U[0, max(0, duration - clip_seconds)]``
 with ``duration = int(seconds covered by the spectrogram)``, ``end = start + clip_seconds``. If ``start``
 lies inside an ASR segment (else: if ``end`` lies inside one), that segment is grown with neighbours —
 each step adds the neighbour that keeps the span shorter (the previous one on ties; only the existing
@@ -76,7 +76,7 @@ N_FFT = 400  # 25 ms window
 
 # file names tried in order, relative to (features_path | features_path_3d | features_path_audio);
 # {path} is the CSV's relative path, {id} its last component. The second names are the reference's
-# fallbacks (SPEC §6).
+# fallbacks (docs/data.md).
 FEATURE_FILE_NAMES = {
     "2d": ("{path}/{id}_2d.npz", "{path}_2d.npz"),
     "3d": ("{path}/{id}_3d.npz", "{path}/{id}.npz"),
@@ -148,7 +148,7 @@ def nearest_resample(x: np.ndarray, length: int) -> np.ndarray:
 def combine_video_features(
     features_2d: Optional[np.ndarray], features_3d: Optional[np.ndarray], dim_2d: int = FEATURE_DIM_2D, dim_3d: int = FEATURE_DIM_3D
 ) -> np.ndarray:
-    """Video tokens ``[n(f2d_t) ; n(f3d_t)]`` of shape ``(T, dim_2d + dim_3d)`` (SPEC §1).
+    """Video tokens ``[n(f2d_t) ; n(f3d_t)]`` of shape ``(T, dim_2d + dim_3d)`` (the reference's video tokens, docs/data.md).
 
     The time base is the 3D features (T = T3); the 2D features are nearest-resampled to T3 steps. An
     absent (None) or empty half is zeros and the other half sets T; both absent gives ``(0, dim)``.
@@ -317,13 +317,13 @@ def sample_clip(
     clip_seconds: float = 8.0,
     text_audio_misaligned: bool = False,
 ) -> ClipSpan:
-    """Draw one training clip by the rule in the module docstring (SPEC §5).
+    """Draw one training clip by the rule in the module docstring.
 
     With ASR text, ``(start, end)`` is the grown segment span ``[S, E]`` and the audio span is ``[S, E]``,
     or ``[S + clip_seconds / 2, S + 3 * clip_seconds / 2]`` when ``text_audio_misaligned``. Without text
     both spans are ``[start, start + clip_seconds]``. ``rng.random()`` is drawn exactly once.
     """
-    from multisk.data.text import tokenize
+    from multisk.data.encoders.text import tokenize
 
     start = float(rng.random()) * max(0.0, duration - clip_seconds)
     end = start + clip_seconds
@@ -559,9 +559,9 @@ class HowTo100MDataset:
     same in every worker and rank for a given seed and epoch; call :meth:`set_epoch` each epoch.
 
     Args:
-        csv, features_path, audio_path, caption_path: the SPEC §6 files (``features_path_3d`` defaults
+        csv, features_path, audio_path, caption_path: the files of docs/data.md (``features_path_3d`` defaults
             to ``features_path``).
-        word_vectors: a ``KeyedVectors`` or a spec for :func:`multisk.data.word_vectors.load_word_vectors`.
+        word_vectors: a ``KeyedVectors`` or a spec for :func:`multisk.data.encoders.word_vectors.load_word_vectors`.
         max_words / max_video_tokens / max_audio_frames: crop lengths (first words / first time steps /
             first frames of the span, as the reference); 20 / 12 / 768 for 8 s clips.
         text_audio_misaligned: audio window ``clip_seconds / 2`` after the span start, ``clip_seconds``
@@ -601,7 +601,7 @@ class HowTo100MDataset:
         audio_offset_quirk: Optional[bool] = None,
         scan_files: bool = True,
     ) -> None:
-        from multisk.data.word_vectors import PACKAGED_GLOVE, load_word_vectors
+        from multisk.data.encoders.word_vectors import PACKAGED_GLOVE, load_word_vectors
 
         self.csv = Path(csv)
         self.video_paths = PackedStrings.from_strings(read_video_csv(self.csv))
@@ -712,7 +712,7 @@ class HowTo100MDataset:
 
     def clip_item(self, video: VideoFeatures, clip: ClipSpan, index: int) -> Dict[str, Any]:
         """Per-item dict (numpy arrays) of one clip: tokens cropped to ``max_tokens`` from the span start."""
-        from multisk.data.text import encode_text
+        from multisk.data.encoders.text import encode_text
 
         video_tokens = combine_video_features(
             feature_slice(video.features_2d, FPS_2D, clip.start, clip.end),
@@ -780,7 +780,7 @@ def collate_video_clips(
     dtypes: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Flatten ``[[clip, ...], ...]`` (B videos x C clips) into one batch of B*C clips (batch dict)."""
-    from multisk.data.dataset import collate_batch
+    from multisk.data.store.dataset import collate_batch
 
     return collate_batch([clip for clips in videos for clip in clips], pad_to=pad_to, dtypes=dtypes)
 

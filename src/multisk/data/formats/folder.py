@@ -1,12 +1,12 @@
 """The "your own folder" format: a folder of pictures, videos and sounds (+ captions) -> one split of a
-feature store (the format of :mod:`multisk.data.feature_store`; modalities and encoders in
-:mod:`multisk.data.encoding`).
+feature store (the format of :mod:`multisk.data.store.feature_store`; modalities and encoders in
+:mod:`multisk.data.encoders.encoding`).
 
 Items: files are grouped by their path without extension, so ``dog.jpg`` + ``dog.wav`` + ``dog.txt``
 make one item (picture, sound, caption). A video brings its own audio track unless a separate sound
 file shares its name. Captions come from a CSV (columns ``file``, ``caption``; ``file`` relative to the
 folder, with or without extension) or else from the first line of a sidecar ``NAME.txt``. Pictures may
-be raster images or SVG (rasterised by :func:`multisk.data.image_features.rasterise_svg`).
+be raster images or SVG (rasterised by :func:`multisk.data.encoders.image_features.rasterise_svg`).
 
 :func:`prepare_folder` runs three steps: :func:`index_folder` (files -> entries with captions),
 :func:`encode_folder` (entries -> items with tokens, through the token cache), :func:`write_split`.
@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from multisk.data.encoding import (
+from multisk.data.encoders.encoding import (
     GLOVE_NAME,
     MAX_TEXT_WORDS,
     CaptionEncoder,
@@ -34,8 +34,8 @@ from multisk.data.encoding import (
     progress_bar,
     write_split,
 )
-from multisk.data.audio_features import HOP_LENGTH, SAMPLE_RATE
-from multisk.data.image_features import SVG_EXTENSIONS, PictureEncoder
+from multisk.data.encoders.audio_features import HOP_LENGTH, SAMPLE_RATE
+from multisk.data.encoders.image_features import SVG_EXTENSIONS, PictureEncoder
 from multisk.errors import DataFormatError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"} | SVG_EXTENSIONS
@@ -332,7 +332,7 @@ def prepare_folder(
         split: name of the split to write.
         skip_bad: skip unreadable files (listed in the returned ``skipped`` and in
             ``OUT/skipped_SPLIT.json``) instead of raising :class:`DataFormatError`.
-        image_size, grid: picture encoding (see :mod:`multisk.data.image_features`).
+        image_size, grid: picture encoding (see :mod:`multisk.data.encoders.image_features`).
         cache_dir: token cache (default ``OUT/cache``).
         progress: show tqdm progress bars.
         clip_seconds: split each video into moments of this many seconds (:func:`clip_video_items`).

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Dict, Mapping, Optional
 
 from multisk.config import Config, ConfigError
-from multisk.data.dataset import FeatureStoreDataset
+from multisk.data.store.dataset import FeatureStoreDataset
 from multisk.modalities import feature_dim, modality_table, token_budget
 
 

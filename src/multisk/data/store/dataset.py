@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from multisk.data.feature_store import FeatureStore, FeatureStoreError
+from multisk.data.store.feature_store import FeatureStore, FeatureStoreError
 from multisk.modalities import MODALITIES, MODALITY_SPECS, ModalityTable
 
 MODALITY_ORDER = MODALITIES  # the built-in rows; the loops below read the table they are given (multisk.modalities)

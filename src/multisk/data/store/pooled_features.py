@@ -8,7 +8,7 @@ from typing import Mapping, Optional, Tuple
 
 import numpy as np
 
-from multisk.data.feature_store import FeatureStore, FeatureStoreError
+from multisk.data.store.feature_store import FeatureStore, FeatureStoreError
 
 
 def _picture_grid(store: FeatureStore) -> Optional[int]:

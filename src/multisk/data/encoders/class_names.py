@@ -11,7 +11,7 @@ from typing import List, Sequence
 
 import numpy as np
 
-from multisk.data.encoding import CaptionEncoder
+from multisk.data.encoders.encoding import CaptionEncoder
 from multisk.errors import DataFormatError
 
 

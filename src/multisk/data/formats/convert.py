@@ -1,13 +1,13 @@
 """Convert the field's formats (MSR-VTT / YouCook2 pickles, HowTo100M files) into a multisk feature store.
 
 The store gets three modalities: ``text`` (word vectors of the caption's first ``max_words``
-in-vocabulary words, SPEC §1), ``video`` (4096-d tokens ``[n(2D) ; n(3D)]``) and ``audio``
+in-vocabulary words, docs/data.md), ``video`` (4096-d tokens ``[n(2D) ; n(3D)]``) and ``audio``
 (spectrogram frames, (F, 40) per item). The split's manifest entry records ``source``, ``input``,
 ``complete_size`` (the divisor for retrieval percentages), ``max_tokens`` (the stored lengths),
 ``word_vectors``, ``lowercase``, ``text_encoder`` (how to embed new text the same way: see
 :func:`text_encoder_record`) and the skip counts. The evaluation pickles also record ``eval_window``
 (the first 48 / 3072 or 72 / 4608 steps, crop ``start``) and ``empty_modalities: masking_token``:
-the protocol ``multisk eval`` applies to the split (SPEC §7).
+the protocol ``multisk eval`` applies to the split (docs/evaluation.md).
 
 Bad input raises :class:`DataFormatError` naming the file and the field. With ``skip_bad=True`` bad items
 are left out and listed in ``OUT/<split>.skipped.json`` (``{"file", "item", "field", "reason"}`` each).
@@ -21,11 +21,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from multisk.data.eval_pickles import bad_item_record, load_msrvtt, load_youcook2
-from multisk.data.feature_store import FeatureStoreWriter
-from multisk.data.howto100m import HowTo100MDataset
-from multisk.data.text import encode_text
-from multisk.data.word_vectors import PACKAGED_GLOVE, load_word_vectors
+from multisk.data.formats.eval_pickles import bad_item_record, load_msrvtt, load_youcook2
+from multisk.data.store.feature_store import FeatureStoreWriter
+from multisk.data.formats.howto100m import HowTo100MDataset
+from multisk.data.encoders.text import encode_text
+from multisk.data.encoders.word_vectors import PACKAGED_GLOVE, load_word_vectors
 from multisk.errors import DataFormatError
 
 KINDS = ("msrvtt", "youcook2", "howto100m")
@@ -70,7 +70,7 @@ def convert_dataset(
             give ``max_videos``, ``max_clips``, ``clips_per_video``, ``clip_seconds``, ``seed``,
             ``text_audio_misaligned``, ``features_path_3d``; ``audio_offset_quirk`` is the deprecated
             old name of ``text_audio_misaligned``).
-        word_vectors: spec for :func:`multisk.data.word_vectors.load_word_vectors`.
+        word_vectors: spec for :func:`multisk.data.encoders.word_vectors.load_word_vectors`.
         split: split name (default ``test`` for the pickles, ``train`` for HowTo100M).
         skip_bad: leave bad items out and write ``OUT/<split>.skipped.json`` instead of raising.
         max_words: text tokens kept per caption.
@@ -125,7 +125,7 @@ def _convert_pickle(kind, path, out_root, split, kv, skip_bad, max_words, lowerc
         **common,
         "complete_size": evalset.complete_size,
         "max_tokens": {"text": max_words, **evalset.window},
-        # the evaluation protocol of SPEC §7, applied by `multisk eval` and the trainer's periodic
+        # the evaluation protocol of docs/evaluation.md, applied by `multisk eval` and the trainer's periodic
         # evaluation whatever lengths a checkpoint was trained on: the first window, and every item
         # scored with its empty modalities going through the masking token
         "eval_window": {"text": max_words, **evalset.window, "crop": "start"},
