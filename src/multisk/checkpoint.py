@@ -18,8 +18,8 @@ Everything is mapped to the CPU: a checkpoint written on a GPU loads on any mach
 moves what it needs (``load_state_dict`` copies into the live tensors, the optimizer casts its state to
 its parameters' device).
 
-Writes go to ``NAME.tmp`` and are renamed, so a crash never leaves a truncated checkpoint, and
-``latest.pt`` always names a complete file.
+Writes go to ``NAME.tmp``, are fsynced and renamed (and the directory fsynced), so a crash or power loss
+never leaves a truncated checkpoint, and ``latest.pt`` always names a complete file.
 """
 
 from __future__ import annotations
@@ -102,7 +102,10 @@ def save_checkpoint(state: Dict[str, Any], path: str | Path, *, also_latest: boo
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())  # the bytes are on disk before the name points at them
     os.replace(tmp, path)
     if also_latest:
         latest = path.with_name("latest.pt")
@@ -116,7 +119,21 @@ def save_checkpoint(state: Dict[str, Any], path: str | Path, *, also_latest: boo
             except OSError:
                 torch.save(state, tmp_latest)
             os.replace(tmp_latest, latest)
+    _fsync_directory(path.parent)  # the renames themselves survive a power loss
     return path
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - file systems that refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
 
 
 def resolve_checkpoint(spec: str, output_dir: str | Path) -> Optional[Path]:

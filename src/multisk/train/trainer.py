@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from multisk.train.process_group import (
     gather_objects,
     host_barrier,
     init_distributed,
+    watch_collectives,
 )
 from multisk.train.sampling import ResumableBatchSampler
 from multisk.train.step import (
@@ -148,13 +150,21 @@ class Run:
 def train(cfg: Config, *, resume: Optional[str] = None, progress: bool = True,
           make_plots: bool = True) -> Dict[str, Any]:
     """Train (and finally evaluate) according to ``cfg``; returns the final results dict (rank 0)."""
-    ctx = init_distributed(cfg.train.device, cfg.train.barrier_timeout_s)
+    ctx = init_distributed(cfg.train.device, cfg.train.barrier_timeout_s, cfg.train.collective_timeout_s)
     try:
-        run = _build_run(cfg, ctx, resume)
+        run = _build_run(cfg, ctx, resolve_resume(resume))
         _run_epochs(run, progress)
         return _finish(run, make_plots)
     finally:
         cleanup_distributed()
+
+
+def resolve_resume(resume: Optional[str]) -> Optional[str]:
+    """``--resume auto`` (the CLI's default): ``latest`` when torchrun restarted this process after a failure
+    (``TORCHELASTIC_RESTART_COUNT`` > 0), a fresh start otherwise; any other value is returned as given."""
+    if resume != "auto":
+        return resume
+    return "latest" if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0 else None
 
 
 # ------------------------------------------------------------------------------------ building a run
@@ -173,7 +183,7 @@ def _build_run(cfg: Config, ctx: DistributedContext, resume: Optional[str]) -> R
         if device.type != "cuda":
             raise ConfigError("train.sync_batchnorm: SyncBatchNorm needs CUDA devices; set it to false on CPU")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    objective = TrainingObjective(cfg.loss, cfg.model, model.joint_names).to(device)
+    objective = TrainingObjective(cfg.loss, cfg.model, model.joint_names, process_group=ctx.loss_group).to(device)
     optimizer = build_optimizer(cfg.train, model)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.train.lr_gamma)
     scaler = make_grad_scaler(device, cfg.train.precision)
@@ -197,9 +207,12 @@ def _build_run(cfg: Config, ctx: DistributedContext, resume: Optional[str]) -> R
             ema.load_state_dict(ema_state)
     forward_module: torch.nn.Module = model
     if ctx.enabled:
+        # model.audio_skip_empty: a rank whose share of the batch has no sound skips the audio encoder, so
+        # its parameters get no gradient there; DDP must then look for unused parameters every step (they
+        # count as zero in the all-reduce, and stay None only when no rank used them, as in one process)
         forward_module = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True,
-            **_no_forward_buffer_sync())
+            find_unused_parameters=bool(cfg.model.audio_skip_empty), **_no_forward_buffer_sync())
     step = make_train_step(model, objective, optimizer, scaler, cfg.train.precision, forward_module=forward_module,
                            grad_clip=cfg.train.grad_clip, on_nonfinite=cfg.train.on_nonfinite, ema=ema)
     sampler = ResumableBatchSampler(len(dataset), cfg.train.batch_size, seed=cfg.train.seed,
@@ -291,6 +304,11 @@ def _open_outputs(run: Run, per_rank: int) -> None:
     if ctx.is_main:
         run.out.mkdir(parents=True, exist_ok=True)
         (run.out / "config.yaml").write_text(config_to_yaml(run.cfg), encoding="utf-8")
+        stale = run.out / "checkpoints" / "latest.pt"
+        if run.resumed_from is None and stale.exists():
+            # a fresh run: latest.pt must never name an earlier run's checkpoint, or a restart of this run
+            # before its first checkpoint (--resume auto) would continue that one. Only the link goes.
+            stale.unlink()
     run.log = MetricsLog(run.out, ctx.is_main, state.global_step if run.resumed_from is not None else None)
     run.log.write({"step": state.global_step, "world_size": ctx.world_size,
                    "global_batch_size": run.cfg.train.batch_size, "per_rank_batch_size": per_rank})
@@ -309,26 +327,35 @@ def _run_epochs(run: Run, progress: bool) -> None:
     done = state.global_step >= run.total_steps
     while not done and state.epoch < cfg.train.epochs:
         for batch in DevicePrefetcher(_epoch_loader(run), run.ctx.device):
-            out = run.step(batch)
-            if not out.applied:
-                _note_skipped(run, out, batch)
-                continue
-            state.global_step += 1
-            state.batch_in_epoch += 1
-            run.watch.record(state.global_step, out.losses, state.epoch, state.batch_in_epoch - 1, batch.get("id", []))
-            bar.update(1)
-            _after_step(run, out, bar)
-            if state.global_step >= run.total_steps:
-                done = True
+            with watch_collectives(run.ctx, f"training step {state.global_step + 1}"):
+                done = _train_on(run, batch, bar)
+            if done:
                 break
         if state.batch_in_epoch >= run.batches_per_epoch:
             run.scheduler.step()
             state.epoch += 1
             state.batch_in_epoch = 0
-            _save(run, f"epoch_{state.epoch}.pt")
+            with watch_collectives(run.ctx, f"checkpoint epoch_{state.epoch}.pt"):
+                _save(run, f"epoch_{state.epoch}.pt")
     bar.close()
     if run.saved_at_step != state.global_step:  # ended off an epoch boundary (or resumed with nothing to do)
-        _save(run, f"step_{state.global_step}.pt")
+        with watch_collectives(run.ctx, f"final checkpoint step_{state.global_step}.pt"):
+            _save(run, f"step_{state.global_step}.pt")
+
+
+def _train_on(run: Run, batch: Dict[str, Any], bar: tqdm) -> bool:
+    """One step on ``batch`` and what follows it (logging, checkpoints, evaluation); True when the run is done."""
+    state = run.state
+    out = run.step(batch)
+    if not out.applied:
+        _note_skipped(run, out, batch)
+        return False
+    state.global_step += 1
+    state.batch_in_epoch += 1
+    run.watch.record(state.global_step, out.losses, state.epoch, state.batch_in_epoch - 1, batch.get("id", []))
+    bar.update(1)
+    _after_step(run, out, bar)
+    return state.global_step >= run.total_steps
 
 
 def _epoch_loader(run: Run) -> DataLoader:
@@ -464,4 +491,4 @@ def _flatten_eval(evaluation: Dict[str, Any]) -> Dict[str, float]:
     return flat
 
 
-__all__ = ["NonFiniteLossError", "Run", "train"]
+__all__ = ["NonFiniteLossError", "Run", "resolve_resume", "train"]
