@@ -365,7 +365,11 @@ def _epoch_loader(run: Run) -> DataLoader:
         run.dataset.set_epoch(state.epoch)
     sampler = ResumableBatchSampler(len(run.dataset), cfg.train.batch_size, seed=cfg.train.seed, epoch=state.epoch,
                                     start_batch=state.batch_in_epoch, rank=ctx.rank, world_size=ctx.world_size)
-    return DataLoader(run.dataset, batch_sampler=sampler, collate_fn=collate_fn_for(run.dataset),
+    # the loader draws its workers' base seed from this generator, not from the global torch RNG: a run
+    # resumed mid-epoch creates one loader more than an uninterrupted run, and must not draw once more
+    # from the stream dropout uses (nor give its workers other seeds)
+    seeds = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + state.epoch)
+    return DataLoader(run.dataset, batch_sampler=sampler, collate_fn=collate_fn_for(run.dataset), generator=seeds,
                       **loader_options(cfg, ctx.device.type))
 
 
