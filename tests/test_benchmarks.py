@@ -148,3 +148,25 @@ def test_round_robin_timing_interleaves_and_counts(bench):
     assert {name: len(values) for name, values in times.items()} == {"a": 3, "b": 3}
     summary = common.summarize_times([3.0, 1.0, 2.0])
     assert summary == {"min_ms": 1.0, "median_ms": 2.0, "mean_ms": 2.0}
+
+
+def test_loader_benchmark_quick_run_reads_the_howto100m_layout_with_the_training_pipeline(tmp_path):
+    json_path = tmp_path / "loader.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    completed = subprocess.run([sys.executable, str(BENCHMARKS / "bench_loader.py"), "--quick", "--json", str(json_path)],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(json_path.read_text())
+    assert json.loads(completed.stdout.strip().splitlines()[-1]) == report
+    assert set(report["raw"]) == set(report["store"]["workers"]) == {"0", "1"}
+    # batches of 2 videos x 10 clips; 2 timed batches after the first
+    assert all(run["clips"] == 40 and run["clips_per_s"] > 0 for run in report["raw"].values())
+    # one process reads every file of each video it opens: the bytes read per clip are at least the
+    # npz files of a video over its 10 clips (the three files of a 40 s video hold ~1.4 MiB)
+    assert report["raw"]["0"]["bytes_per_clip"] >= report["bytes_per_video"] / 10
+    assert report["raw"]["1"]["bytes_per_clip"] is None  # not measurable through the workers' pipes
+    phases = report["breakdown_s_per_clip"]
+    assert math.isclose(sum(v for k, v in phases.items() if k != "total"), phases["total"], rel_tol=1e-6)
+    memory = report["memory_by_videos"]
+    assert set(memory) == {"6", "12"} and all(len(m["workers"]) == 1 and m["main"]["pss"] > 0 for m in memory.values())
+    assert "projection, raw layout: 7000 clips/s per GPU needs" in completed.stdout
