@@ -186,3 +186,10 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1 and "missing.pkl" in err
     assert main(["data", "info", str(tmp_path / "nowhere")]) == 2
     assert "manifest.json" in capsys.readouterr().err
+
+
+def test_convert_names_an_unknown_storage_dtype(tmp_path):
+    from multisk.data.convert import convert_dataset
+
+    with pytest.raises(DataFormatError, match="dtype must be one of float32, float16, got 'int8'"):
+        convert_dataset("msrvtt", tmp_path / "x.pkl", tmp_path / "out", word_vectors="unused", dtype="int8")

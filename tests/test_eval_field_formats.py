@@ -33,8 +33,10 @@ def msrvtt_records(rng) -> list:
     for i in range(N_MSRVTT):
         long = i in LONG
         caption = "zzz qqq unknown" if i in NO_WORDS else f"a man is {VOCAB[3 + i % 20]} {VOCAB[i % 24]}"
+        # audio lengths vary item to item (12 .. 311 frames, 3500 for the long ones), so the padding a
+        # batch would get from its longest item differs from batch to batch
         record = msrvtt_record(rng, f"video{7000 + i}", caption, t2d=40 if long else 2, t3d=60 if long else 2,
-                               frames=3500 if long else 12)
+                               frames=3500 if long else 12 + (i * 53) % 300)
         if i in NO_AUDIO:
             record["audio"] = np.zeros((40, 0), dtype=np.float32)
         if i in EMPTY_2D:
@@ -86,6 +88,10 @@ def test_eval_scores_every_item_on_the_recorded_window(field_run, capsys):
     msrvtt = results["msrvtt_test"]
     assert msrvtt["inputs"]["video_tokens"] == 48 and msrvtt["inputs"]["audio_frames"] == 3072
     assert msrvtt["inputs"]["empty_modalities"] == "masking_token" and msrvtt["inputs"]["precision"] == "fp32"
+    # the field's evaluation pickles are stored in float32 by default, as the reference evaluates them
+    assert msrvtt["inputs"]["storage_dtype"] == {"text": "float32", "video": "float32", "audio": "float32"}
+    manifest = json.loads((field_run["store"] / "manifest.json").read_text())
+    assert {meta["dtype"] for meta in manifest["splits"]["msrvtt_test"]["modalities"].values()} == {"float32"}
     assert msrvtt["inputs"]["items_with"] == {"text": N_MSRVTT - len(NO_WORDS), "video": N_MSRVTT - len(EMPTY_2D),
                                               "audio": N_MSRVTT - len(NO_AUDIO)}
     assert msrvtt["n_items"] == N_MSRVTT and msrvtt["complete_size"] == 1000
@@ -95,7 +101,7 @@ def test_eval_scores_every_item_on_the_recorded_window(field_run, capsys):
     assert youcook["inputs"]["video_tokens"] == 72 and youcook["inputs"]["audio_frames"] == 4608
     assert youcook["retrieval"]["t2v+a"]["n_queries"] == 2 and youcook["complete_size"] == 3350
     assert "msrvtt_test: inputs: video 48 tokens, audio 3072 frames, text 20 tokens (first" in printed
-    assert "empty modalities: masking_token; precision fp32" in printed
+    assert "empty modalities: masking_token; precision fp32; stored float32" in printed
     # exclusion stays available as an explicit option, and the report says which mode ran
     out = field_run["base"] / "excluded"
     assert main(["eval", "--checkpoint", str(ckpt), "--data", str(field_run["store"]), "--split", "msrvtt_test",
@@ -120,8 +126,9 @@ def test_trainer_and_eval_feed_the_first_window_whatever_the_training_lengths(fi
     for i in LONG:
         item = dataset[i]
         expected = combine_video_features(records[i]["2d"], records[i]["3d"])[:48]
-        np.testing.assert_allclose(item["video"].numpy(), expected, rtol=2e-3, atol=2e-3)  # float16 store
-        np.testing.assert_allclose(item["audio"].numpy(), records[i]["audio"].T[:3072], rtol=2e-3, atol=2e-2)
+        # float32 store: exactly the pickle's values
+        np.testing.assert_array_equal(item["video"].numpy(), expected[:48].astype(np.float32))
+        np.testing.assert_array_equal(item["audio"].numpy(), records[i]["audio"].T[:3072].astype(np.float32))
     assert dataset[EMPTY_2D[0]]["video"].shape == (0, 4096)
     assert dataset[NO_AUDIO[0]]["audio"].shape == (0, 40) and dataset[NO_WORDS[0]]["text"].shape == (0, 8)
     # the trainer's final evaluation (run/results.json) was fed the same window, in float32
@@ -157,3 +164,48 @@ def test_converted_store_records_the_text_encoder_and_search_uses_it(field_run, 
         assert main(["search", "a man is cooking", "--index", str(index), "--word-vectors", str(moved), "--top", "1"]) == 0
     finally:
         moved.rename(vectors)
+
+
+def _retrieval_numbers(results: dict) -> dict:
+    return {split: {label: {k: v for k, v in metrics.items()} for label, metrics in entry["retrieval"].items()}
+            for split, entry in results.items()}
+
+
+def test_eval_numbers_do_not_depend_on_the_batch_size(field_run):
+    """Every item is padded to the recorded window (3072 / 4608 audio frames), never to the longest item
+    of its batch: DAVEnet's convolutions and eval-mode BatchNorm see the padding, so batch-dependent
+    padding moved every audio direction with --batch-size."""
+    ckpt = field_run["run"] / "checkpoints" / "latest.pt"
+    numbers = {}
+    for batch_size in (7, 64):
+        out = field_run["base"] / f"eval_bs{batch_size}"
+        assert main(["eval", "--checkpoint", str(ckpt), "--data", str(field_run["store"]), "--out", str(out),
+                     "--batch-size", str(batch_size)]) == 0
+        numbers[batch_size] = _retrieval_numbers(json.loads((out / "results.json").read_text()))
+    assert set(numbers[7]["msrvtt_test"]) >= {"t2a", "a2t", "t2v+a", "v+a2t", "v2a"}
+    assert numbers[7] == numbers[64]
+
+
+def test_float16_storage_is_an_explicit_option_and_its_effect_is_measured(field_run, capsys):
+    """`data convert --dtype float16` writes a half-precision split (recorded in the manifest and in
+    results.json); the same checkpoint then scores it. Prints how far the numbers moved (docs/evaluation.md
+    quotes them)."""
+    base, store = field_run["base"], field_run["store"]
+    vectors = base / "GoogleNews-like.bin"
+    pickle_path = base / "msrvtt_jsfusion_test.pkl"
+    assert main(["data", "convert", "msrvtt", str(pickle_path), "--out", str(store), "--word-vectors", str(vectors),
+                 "--split", "msrvtt_test_fp16", "--dtype", "float16"]) == 0
+    assert "in float16" in capsys.readouterr().out
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert {meta["dtype"] for meta in manifest["splits"]["msrvtt_test_fp16"]["modalities"].values()} == {"float16"}
+    ckpt = field_run["run"] / "checkpoints" / "latest.pt"
+    out = base / "eval_dtypes"
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(store), "--out", str(out),
+                 "--split", "msrvtt_test", "--split", "msrvtt_test_fp16"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    full, half = results["msrvtt_test"], results["msrvtt_test_fp16"]
+    assert half["inputs"]["storage_dtype"] == {"text": "float16", "video": "float16", "audio": "float16"}
+    moved = {label: max(abs(full["retrieval"][label][k] - half["retrieval"][label][k]) for k in ("R1", "R5", "R10", "MedR"))
+             for label in full["retrieval"]}
+    print("float16 vs float32 storage, largest change of R1/R5/R10/MedR per direction:", moved)
+    assert set(moved) == set(half["retrieval"])

@@ -306,3 +306,24 @@ def test_results_report_shows_inputs_classification_per_input_and_skips():
     markdown = results_to_markdown({"msrvtt": entry})
     assert "- skipped directions: t2v, v2t (no item of this split has video)" in markdown
     assert "empty modalities: masking_token" in markdown
+
+
+def test_fixed_size_batches_recut_any_stream_into_equal_batches():
+    from multisk.evaluate.pipeline import fixed_size_batches
+
+    def stream(sizes):
+        start = 0
+        for n in sizes:
+            idx = torch.arange(start, start + n)
+            yield {"x": idx.float()[:, None].repeat(1, 3), "index": idx, "id": [f"i{i}" for i in idx.tolist()]}
+            start += n
+
+    for sizes in ([7, 7, 7, 2], [64], [3, 1, 20, 5], [16, 16]):
+        chunks = list(fixed_size_batches(stream(sizes), 16))
+        total = sum(sizes)
+        assert all(len(b["id"]) == 16 and b["x"].shape == (16, 3) for b, _ in chunks)
+        real = torch.cat([b["index"][:n] for b, n in chunks])
+        assert real.tolist() == list(range(total))                       # every item once, in order
+        assert [n for _, n in chunks][:-1] == [16] * (len(chunks) - 1)
+        last, n = chunks[-1]
+        assert (last["index"][n:] == total - 1).all() and last["id"][n:] == [f"i{total - 1}"] * (16 - n)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -16,10 +16,76 @@ from multisk.modalities import MODALITY_SPECS, ModalityTable
 from multisk.sinkhorn.precision import autocast_context
 
 
+def evaluation_collate(dataset, table: ModalityTable):
+    """The collate function evaluation feeds ``dataset`` with: every modality zero-padded to the
+    dataset's fixed window ``dataset.max_tokens`` (the recorded evaluation window, e.g. 48 video steps /
+    3072 audio frames for MSR-VTT, else the model's training lengths), float32 values.
+
+    The padded length must not depend on which items share a batch: DAVEnet's convolutions and its
+    eval-mode BatchNorm see the zero padding, so an audio clip padded to the longest clip of its batch
+    gets embeddings that change with ``--batch-size`` (the reference always pads to the window).
+    A dataset without ``max_tokens`` pads each batch to its longest item (then results may depend on
+    the batch size; every dataset multisk builds has ``max_tokens``).
+    """
+    max_tokens = getattr(dataset, "max_tokens", None)
+    pad_to = {m: int(max_tokens[m]) for m in table if m in max_tokens} if max_tokens else None
+    return partial(collate_batch, pad_to=pad_to, table=table)
+
+
+def storage_dtypes(dataset) -> Dict[str, str]:
+    """Model modality -> the dtype its features are stored in (the store manifest's ``dtype``); empty
+    for a dataset without a feature store."""
+    store = getattr(dataset, "store", None)
+    mapping = getattr(dataset, "modality_map", None) or {}
+    stored = (getattr(store, "info", None) or {}).get("modalities", {})
+    return {m: str(stored[name]["dtype"]) for m, name in mapping.items() if name in stored}
+
+
 def model_modality_table(model: torch.nn.Module) -> ModalityTable:
     """The modality table a model was built with (``MultiModalModel.modality_table``: the built-in
     rows plus ``model.modality_specs``); the built-in rows for a model without one."""
     return getattr(model, "modality_table", MODALITY_SPECS)
+
+
+#: Items per model call in evaluation. Fixed, whatever ``--batch-size`` says: a CPU/GPU matrix kernel's
+#: result for one row depends on the batch's size and on the row's position in it (tail tiles take other
+#: code paths; measured: 3.5e-7 on a video embedding), and such last-bit differences break the exact
+#: ties of identical captions that SPEC §7's rank averages, so R@k moved with the batch size.
+EVAL_MODEL_BATCH = 16
+
+
+def fixed_size_batches(batches: Iterable[Dict[str, Any]], size: int) -> Iterator[Tuple[Dict[str, Any], int]]:
+    """Re-cut a stream of collated batches (all with the same fixed padded shapes) into batches of
+    exactly ``size`` items, in order; the last is filled with copies of its last item.
+
+    Yields ``(batch, n_real)``: the first ``n_real`` rows are the next items of the stream. Item i thus
+    always sits at row ``i % size`` of a ``size``-row batch, whatever the loader's batch size.
+    """
+    pending: List[Dict[str, Any]] = []
+    count = 0
+
+    def take(n: int) -> Dict[str, Any]:
+        nonlocal pending, count
+        merged = {k: (torch.cat([b[k] for b in pending]) if torch.is_tensor(pending[0][k])
+                      else [x for b in pending for x in b[k]]) for k in pending[0]}
+        head = {k: v[:n] for k, v in merged.items()}
+        rest = {k: v[n:] for k, v in merged.items()}
+        count -= n
+        pending = [rest] if count else []
+        return head
+
+    for batch in batches:
+        pending.append(batch)
+        count += len(batch["id"])
+        while count >= size:
+            yield take(size), size
+    if count:
+        n_real = count
+        tail = take(count)
+        fill = size - n_real
+        padded = {k: (torch.cat([v, v[-1:].expand(fill, *v.shape[1:])]) if torch.is_tensor(v) else v + [v[-1]] * fill)
+                  for k, v in tail.items()}
+        yield padded, n_real
 
 
 @torch.no_grad()
@@ -33,6 +99,10 @@ def embed_dataset(
 ) -> Dict[str, Any]:
     """Run ``model`` over ``dataset`` in order.
 
+    ``batch_size`` items are loaded at a time; the model always sees :data:`EVAL_MODEL_BATCH` items per
+    call, each padded to the dataset's fixed window (:func:`evaluation_collate`), so the embeddings are
+    bit-identical for any ``batch_size``.
+
     Returns ``{"joint": {name: (N, E) float32}, "nonempty": {modality: (N,) bool},
     "input_anchor_scores": {m: (N, K)}, "joint_anchor_scores": {m: {n: (N, K)}}}`` as CPU tensors.
     """
@@ -40,27 +110,28 @@ def embed_dataset(
     was_training = model.training
     model.eval()
     # the rows the dataset's items carry (a configured row such as flow is a field of every item)
-    collate = partial(collate_batch, table=getattr(dataset, "modality_table", model_modality_table(model)))
+    collate = evaluation_collate(dataset, getattr(dataset, "modality_table", model_modality_table(model)))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     parts: Dict[str, Any] = {"joint": {}, "nonempty": {}, "input_anchor_scores": {}, "joint_anchor_scores": {}}
 
-    def add(store: Dict[str, list], key: str, value: torch.Tensor) -> None:
+    def add(store: Dict[str, list], key: str, value: torch.Tensor, n: int) -> None:
+        value = value[:n]
         store.setdefault(key, []).append(value.detach().float().cpu() if value.is_floating_point() else value.cpu())
 
-    for batch in loader:
+    for batch, n in fixed_size_batches(loader, EVAL_MODEL_BATCH):
         batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         with autocast_context(device, precision):
             out = model(batch)
         for name, emb in out["joint_normalized"].items():
-            add(parts["joint"], name, emb)
+            add(parts["joint"], name, emb, n)
         for m, flag in out["nonempty"].items():
-            add(parts["nonempty"], m, flag)
+            add(parts["nonempty"], m, flag, n)
         for m, scores in out["input_anchor_scores"].items():
-            add(parts["input_anchor_scores"], m, scores)
+            add(parts["input_anchor_scores"], m, scores, n)
         for m, per_joint in out["joint_anchor_scores"].items():
             inner = parts["joint_anchor_scores"].setdefault(m, {})
-            for n, scores in per_joint.items():
-                add(inner, n, scores)
+            for j, scores in per_joint.items():
+                add(inner, j, scores, n)
     model.train(was_training)
 
     def cat(store: Dict[str, Any]) -> Dict[str, Any]:
@@ -171,6 +242,8 @@ def evaluate_split(
         **dataset_inputs(dataset),
         "empty_modalities": mode,
         "precision": precision,
+        "model_batch": EVAL_MODEL_BATCH,
+        "storage_dtype": storage_dtypes(dataset),
         "items_with": {m: int(flag.sum()) for m, flag in emb["nonempty"].items()},
     }
     entry: Dict[str, Any] = {"n_items": len(dataset)}
@@ -224,5 +297,5 @@ def evaluate_model(
     return results
 
 
-__all__ = ["caption_groups", "embed_dataset", "evaluate_model", "evaluate_split", "model_modality_table",
-           "nonempty_for_joint", "score_retrieval"]
+__all__ = ["EVAL_MODEL_BATCH", "caption_groups", "fixed_size_batches", "embed_dataset", "evaluation_collate", "evaluate_model", "evaluate_split", "model_modality_table",
+           "nonempty_for_joint", "score_retrieval", "storage_dtypes"]

@@ -32,7 +32,7 @@ from multisk.data.dataset import collate_batch
 from multisk.data.lite0 import load_lite0
 from multisk.evaluate.baselines import carve_validation, class_name_embeddings, imagenet_class_names
 from multisk.evaluate.directions import evaluate_directions
-from multisk.evaluate.pipeline import caption_groups
+from multisk.evaluate.pipeline import EVAL_MODEL_BATCH, caption_groups, evaluation_collate, fixed_size_batches
 from multisk.models.prior import RidgeMap, TextSpacePrior, combine_with_prior, pool_inputs
 
 RIDGE_LAMBDAS = (1.0, 10.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
@@ -197,15 +197,16 @@ def choose_prior_weight(model: torch.nn.Module, val_dataset, *, device: torch.de
     learned: Dict[str, List[torch.Tensor]] = {}
     priors: Dict[str, List[torch.Tensor]] = {}
     present: Dict[str, List[torch.Tensor]] = {}
-    loader = DataLoader(val_dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_batch)
-    for batch in loader:
+    collate = evaluation_collate(val_dataset, getattr(val_dataset, "modality_table", table))
+    loader = DataLoader(val_dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    for batch, n in fixed_size_batches(loader, EVAL_MODEL_BATCH):  # batch-size-independent, as evaluation
         batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         out = model(batch)
         for m in prior.encoders:
             if m in out["joint"] and m in out["prior"]:
-                learned.setdefault(m, []).append(F.normalize(out["joint"][m].float(), dim=-1).cpu())
-                priors.setdefault(m, []).append(out["prior"][m].float().cpu())
-                present.setdefault(m, []).append(out["nonempty"][m].cpu())
+                learned.setdefault(m, []).append(F.normalize(out["joint"][m][:n].float(), dim=-1).cpu())
+                priors.setdefault(m, []).append(out["prior"][m][:n].float().cpu())
+                present.setdefault(m, []).append(out["nonempty"][m][:n].cpu())
     model.train(was_training)
     x = {m: torch.cat(v) for m, v in learned.items()}
     p = {m: torch.cat(v) for m, v in priors.items()}
