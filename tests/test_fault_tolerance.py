@@ -56,7 +56,9 @@ def test_a_killed_rank_is_restarted_and_the_run_ends_with_the_uninterrupted_weig
     assert done.returncode == 0, done.stderr[-3000:]
     killed = tmp_path / "killed"
     kill_after = random.Random().randint(3, 10)  # a random step, mid-epoch or not, between checkpoints or at one
-    proc = subprocess.Popen(torchrun_train(2, tiny_overrides(store, killed, **RUN), max_restarts=1), env=ENV,
+    # this run writes its checkpoints in the background: the result must still be the synchronous run's
+    faulty = {**RUN, "train.async_checkpoint": "true"}
+    proc = subprocess.Popen(torchrun_train(2, tiny_overrides(store, killed, **faulty), max_restarts=1), env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: logged_steps(killed) >= kill_after, 240, f"step {kill_after}", proc)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -136,6 +137,63 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def snapshot_state(obj: Any) -> Any:
+    """A copy of ``obj`` that later training cannot change: tensors copied to the CPU (detached), dicts /
+    lists / tuples rebuilt, other values (numbers, strings, RNG tuples) shared (they are immutable)."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot_state(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [snapshot_state(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(snapshot_state(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """``save(state, path)`` as :func:`save_checkpoint`; with ``background=True`` it only takes a snapshot
+    (:func:`snapshot_state`: one copy of the tensors in host memory) and writes it in a thread, so training
+    goes on while the file is written. The write is as atomic as ever (``NAME.tmp``, fsync, rename; then
+    ``latest.pt``), so a crash mid-write leaves the previous checkpoint as ``latest.pt``. One write at a
+    time: ``save`` and :meth:`wait` first finish the previous write and re-raise its error, if any."""
+
+    def __init__(self, background: bool = False) -> None:
+        self.background = background
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+
+    def save(self, state: Dict[str, Any], path: str | Path) -> None:
+        self.wait()
+        if not self.background:
+            save_checkpoint(state, path)
+            return
+        snapshot = snapshot_state(state)
+        self._thread = threading.Thread(target=self._write, args=(snapshot, Path(path)), name="checkpoint-writer",
+                                        daemon=False)
+        self._thread.start()
+
+    def _write(self, state: Dict[str, Any], path: Path) -> None:
+        try:
+            save_checkpoint(state, path)
+        except BaseException as err:  # re-raised in the training thread by wait()
+            self._error = err
+
+    def join(self) -> None:
+        """Block until the pending write (if any) ends, without raising (for clean-up paths)."""
+        if self._thread is not None:
+            self._thread.join()
+
+    def wait(self) -> None:
+        """Block until the pending write (if any) is on disk; raise its error."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise CheckpointError(f"writing a checkpoint in the background failed: {error}") from error
+
+
 def resolve_checkpoint(spec: str, output_dir: str | Path) -> Optional[Path]:
     """``latest`` → ``OUTPUT_DIR/checkpoints/latest.pt`` if it exists (else None); otherwise a path."""
     if spec == "latest":
@@ -183,6 +241,6 @@ def load_checkpoint(path: str | Path, *, require: tuple = ("model", "config")) -
 
 
 __all__ = [
-    "ALLOWED_GLOBALS", "CheckpointError", "capture_rng_state", "load_checkpoint", "resolve_checkpoint",
-    "restore_rng_state", "save_checkpoint",
+    "ALLOWED_GLOBALS", "CheckpointError", "CheckpointWriter", "capture_rng_state", "load_checkpoint", "resolve_checkpoint",
+    "restore_rng_state", "save_checkpoint", "snapshot_state",
 ]

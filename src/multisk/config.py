@@ -221,6 +221,9 @@ class TrainConfig:
     # under torchrun: how long a rank waits inside a training collective (gradient all-reduce, loss
     # all-gathers) for the others; past it the run ends with an error naming the ranks that never arrived
     collective_timeout_s: float = 1800.0
+    # rank 0 copies the checkpoint's tensors to host memory and writes the file in a background thread
+    # (training continues; one more copy of the state in host memory while it writes; docs/training.md)
+    async_checkpoint: bool = False
 
 
 @dataclass

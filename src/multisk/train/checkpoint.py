@@ -4,14 +4,16 @@ this re-export keeps old imports working."""
 from multisk.checkpoint import (  # noqa: F401
     ALLOWED_GLOBALS,
     CheckpointError,
+    CheckpointWriter,
     capture_rng_state,
     load_checkpoint,
     resolve_checkpoint,
     restore_rng_state,
     save_checkpoint,
+    snapshot_state,
 )
 
 __all__ = [
-    "ALLOWED_GLOBALS", "CheckpointError", "capture_rng_state", "load_checkpoint", "resolve_checkpoint",
-    "restore_rng_state", "save_checkpoint",
+    "ALLOWED_GLOBALS", "CheckpointError", "CheckpointWriter", "capture_rng_state", "load_checkpoint",
+    "resolve_checkpoint", "restore_rng_state", "save_checkpoint", "snapshot_state",
 ]

@@ -31,11 +31,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from multisk.checkpoint import (
+    CheckpointWriter,
     capture_rng_state,
     load_checkpoint,
     resolve_checkpoint,
     restore_rng_state,
-    save_checkpoint,
 )
 from multisk.config import Config, ConfigError, config_to_dict, config_to_yaml
 from multisk.evaluate.pipeline import evaluate_model
@@ -145,17 +145,22 @@ class Run:
     resumed_from: Optional[Path] = None
     saved_at_step: int = -1  # decided from values every rank shares, never from files (multi-node safe)
     rate_origin: Dict[str, float] = field(default_factory=dict)
+    writer: CheckpointWriter = field(default_factory=CheckpointWriter)
 
 
 def train(cfg: Config, *, resume: Optional[str] = None, progress: bool = True,
           make_plots: bool = True) -> Dict[str, Any]:
     """Train (and finally evaluate) according to ``cfg``; returns the final results dict (rank 0)."""
     ctx = init_distributed(cfg.train.device, cfg.train.barrier_timeout_s, cfg.train.collective_timeout_s)
+    run = None
     try:
         run = _build_run(cfg, ctx, resolve_resume(resume))
         _run_epochs(run, progress)
+        run.writer.wait()  # the last checkpoint is on disk before evaluation and return
         return _finish(run, make_plots)
     finally:
+        if run is not None:
+            run.writer.join()  # a failing run still finishes the checkpoint it is writing
         cleanup_distributed()
 
 
@@ -225,7 +230,8 @@ def _build_run(cfg: Config, ctx: DistributedContext, resume: Optional[str]) -> R
               batches_per_epoch=sampler.batches_per_epoch, total_steps=total_steps,
               eval_sets=build_eval_datasets(cfg) if ctx.is_main else {},
               watch=NonFiniteWatch(device, history=cfg.train.nonfinite_check_every), resumed_from=ckpt_path,
-              val_set=val_set if ctx.is_main else None, prior_report=prior_report)
+              val_set=val_set if ctx.is_main else None, prior_report=prior_report,
+              writer=CheckpointWriter(background=cfg.train.async_checkpoint))
     _open_outputs(run, per_rank)
     return run
 
@@ -420,7 +426,7 @@ def _save(run: Run, name: str) -> None:
     _choose_prior_weight(run)
     rng = gather_objects(ctx, capture_rng_state())
     if ctx.is_main:
-        save_checkpoint({
+        run.writer.save({
             "model": run.model.state_dict(),
             "objective": run.objective.state_dict(),
             "ema": run.ema.state_dict() if run.ema is not None else None,
