@@ -119,3 +119,15 @@ def test_background_writer_saves_a_snapshot_that_later_changes_do_not_reach(tmp_
     writer.save({"model": {"w": weights}, "config": {}}, tmp_path / "missing" / "\0bad.pt")
     with pytest.raises(CheckpointError, match="writing a checkpoint in the background failed"):
         writer.wait()
+
+
+def test_prune_keeps_the_newest_step_checkpoints_by_number_and_never_epochs_or_latest(tmp_path):
+    from multisk.checkpoint import prune_step_checkpoints
+
+    for name in ("step_2.pt", "step_10.pt", "step_9.pt", "epoch_1.pt", "step_x.pt"):
+        (tmp_path / name).write_bytes(b"x")
+    os.link(tmp_path / "step_2.pt", tmp_path / "latest.pt")
+    removed = prune_step_checkpoints(tmp_path, keep=2)
+    assert sorted(p.name for p in removed) == ["step_2.pt"]  # by number: 10 and 9 are the newest, not "9" > "10"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_1.pt", "latest.pt", "step_10.pt", "step_9.pt", "step_x.pt"]
+    assert (tmp_path / "latest.pt").read_bytes() == b"x"

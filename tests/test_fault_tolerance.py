@@ -46,6 +46,8 @@ def test_resume_auto_follows_torchelastic_restart_count(monkeypatch):
     assert resolve_resume("ckpt.pt") == "ckpt.pt" and resolve_resume(None) is None
     with pytest.raises(ConfigError, match="train.collective_timeout_s"):
         load_config(CONFIG, ["train.collective_timeout_s=0"])
+    with pytest.raises(ConfigError, match="train.keep_step_checkpoints"):
+        load_config(CONFIG, ["train.keep_step_checkpoints=-1"])
 
 
 @needs_torchrun
@@ -57,7 +59,8 @@ def test_a_killed_rank_is_restarted_and_the_run_ends_with_the_uninterrupted_weig
     killed = tmp_path / "killed"
     kill_after = random.Random().randint(3, 10)  # a random step, mid-epoch or not, between checkpoints or at one
     # this run writes its checkpoints in the background: the result must still be the synchronous run's
-    faulty = {**RUN, "train.async_checkpoint": "true"}
+    # and keeps only its 2 newest step checkpoints
+    faulty = {**RUN, "train.async_checkpoint": "true", "train.keep_step_checkpoints": 2}
     proc = subprocess.Popen(torchrun_train(2, tiny_overrides(store, killed, **faulty), max_restarts=1), env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -73,6 +76,7 @@ def test_a_killed_rank_is_restarted_and_the_run_ends_with_the_uninterrupted_weig
     expected = torch.load(full / "checkpoints" / "latest.pt", weights_only=False)
     got = torch.load(killed / "checkpoints" / "latest.pt", weights_only=False)
     assert got["global_step"] == expected["global_step"] == 12
+    assert sorted(p.name for p in (killed / "checkpoints").glob("step_*.pt")) == ["step_10.pt", "step_12.pt"]
     assert checkpoint_differences(expected, got) == [], f"killed after step {kill_after}"
     losses = {r["step"]: r["loss"] for r in _records(killed) if "loss" in r}
     assert losses == {r["step"]: r["loss"] for r in _records(full) if "loss" in r}

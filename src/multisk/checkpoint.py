@@ -151,6 +151,12 @@ def snapshot_state(obj: Any) -> Any:
     return obj
 
 
+def _write_and_prune(state: Dict[str, Any], path: Path, keep_steps: int) -> None:
+    save_checkpoint(state, path)
+    if keep_steps > 0:
+        prune_step_checkpoints(path.parent, keep_steps)
+
+
 class CheckpointWriter:
     """``save(state, path)`` as :func:`save_checkpoint`; with ``background=True`` it only takes a snapshot
     (:func:`snapshot_state`: one copy of the tensors in host memory) and writes it in a thread, so training
@@ -163,19 +169,20 @@ class CheckpointWriter:
         self._thread: Optional[threading.Thread] = None
         self._error: Optional[BaseException] = None
 
-    def save(self, state: Dict[str, Any], path: str | Path) -> None:
+    def save(self, state: Dict[str, Any], path: str | Path, keep_steps: int = 0) -> None:
+        """Write ``state`` to ``path``; then, with ``keep_steps > 0``, :func:`prune_step_checkpoints`."""
         self.wait()
         if not self.background:
-            save_checkpoint(state, path)
+            _write_and_prune(state, Path(path), keep_steps)
             return
         snapshot = snapshot_state(state)
-        self._thread = threading.Thread(target=self._write, args=(snapshot, Path(path)), name="checkpoint-writer",
-                                        daemon=False)
+        self._thread = threading.Thread(target=self._write, args=(snapshot, Path(path), keep_steps),
+                                        name="checkpoint-writer", daemon=False)
         self._thread.start()
 
-    def _write(self, state: Dict[str, Any], path: Path) -> None:
+    def _write(self, state: Dict[str, Any], path: Path, keep_steps: int) -> None:
         try:
-            save_checkpoint(state, path)
+            _write_and_prune(state, path, keep_steps)
         except BaseException as err:  # re-raised in the training thread by wait()
             self._error = err
 
@@ -192,6 +199,21 @@ class CheckpointWriter:
         if self._error is not None:
             error, self._error = self._error, None
             raise CheckpointError(f"writing a checkpoint in the background failed: {error}") from error
+
+
+def prune_step_checkpoints(directory: str | Path, keep: int) -> List[Path]:
+    """Delete all but the ``keep`` newest ``step_N.pt`` of ``directory`` (by N); ``epoch_N.pt`` and
+    ``latest.pt`` (a hard link: its content survives the deletion of the file it was linked from) stay.
+    Returns the deleted paths."""
+    steps = []
+    for path in Path(directory).glob("step_*.pt"):
+        number = path.stem[len("step_"):]
+        if number.isdigit():
+            steps.append((int(number), path))
+    doomed = [path for _, path in sorted(steps)[:-keep]] if keep > 0 else []
+    for path in doomed:
+        path.unlink()
+    return doomed
 
 
 def resolve_checkpoint(spec: str, output_dir: str | Path) -> Optional[Path]:
@@ -242,5 +264,5 @@ def load_checkpoint(path: str | Path, *, require: tuple = ("model", "config")) -
 
 __all__ = [
     "ALLOWED_GLOBALS", "CheckpointError", "CheckpointWriter", "capture_rng_state", "load_checkpoint", "resolve_checkpoint",
-    "restore_rng_state", "save_checkpoint", "snapshot_state",
+    "prune_step_checkpoints", "restore_rng_state", "save_checkpoint", "snapshot_state",
 ]

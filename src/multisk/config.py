@@ -224,6 +224,8 @@ class TrainConfig:
     # rank 0 copies the checkpoint's tensors to host memory and writes the file in a background thread
     # (training continues; one more copy of the state in host memory while it writes; docs/training.md)
     async_checkpoint: bool = False
+    # > 0: keep only this many newest step_N.pt checkpoints (epoch_N.pt and latest.pt always stay)
+    keep_step_checkpoints: int = 0
 
 
 @dataclass
@@ -345,6 +347,8 @@ def _check(cfg: Config) -> None:
     if t.nonfinite_check_every < 1 or t.barrier_timeout_s <= 0:
         raise ConfigError(f"train.nonfinite_check_every / train.barrier_timeout_s: need >= 1 / > 0, got "
                           f"{t.nonfinite_check_every} / {t.barrier_timeout_s}")
+    if t.keep_step_checkpoints < 0:
+        raise ConfigError(f"train.keep_step_checkpoints: need >= 0 (0 keeps all), got {t.keep_step_checkpoints}")
     if t.collective_timeout_s <= 0:
         raise ConfigError(f"train.collective_timeout_s: need > 0 seconds, got {t.collective_timeout_s}")
 

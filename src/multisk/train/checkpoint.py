@@ -7,6 +7,7 @@ from multisk.checkpoint import (  # noqa: F401
     CheckpointWriter,
     capture_rng_state,
     load_checkpoint,
+    prune_step_checkpoints,
     resolve_checkpoint,
     restore_rng_state,
     save_checkpoint,
@@ -15,5 +16,5 @@ from multisk.checkpoint import (  # noqa: F401
 
 __all__ = [
     "ALLOWED_GLOBALS", "CheckpointError", "CheckpointWriter", "capture_rng_state", "load_checkpoint",
-    "resolve_checkpoint", "restore_rng_state", "save_checkpoint", "snapshot_state",
+    "prune_step_checkpoints", "resolve_checkpoint", "restore_rng_state", "save_checkpoint", "snapshot_state",
 ]

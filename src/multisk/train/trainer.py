@@ -441,7 +441,7 @@ def _save(run: Run, name: str) -> None:
             "world_size": ctx.world_size,
             "global_batch_size": run.cfg.train.batch_size,
             "config": config_to_dict(run.cfg),
-        }, run.out / "checkpoints" / name)
+        }, run.out / "checkpoints" / name, keep_steps=run.cfg.train.keep_step_checkpoints)
     host_barrier(ctx, f"rank 0 writing checkpoint {name}")
     run.saved_at_step = state.global_step
 
