@@ -8,9 +8,11 @@ reads it exactly as ``multisk train`` does (``build_train_dataset`` of the paper
 ``ResumableBatchSampler``, the dataset's collate, ``DataLoader`` with ``num_workers`` 0/1/2) and prints:
 
 * clips/s for each worker count, and per worker;
-* bytes read per clip (``/proc/self/io`` ``rchar``, workers 0) and where the time of a clip goes
-  (npz reading = open + zip + decompression + array copy, validation = float32 cast + finiteness check,
-  clip assembly = clip sampling + word vectors + tensors, collate);
+* for the raw layout read whole (``memory_map=False``) and memory-mapped (the default for ``np.savez``
+  files): bytes read per clip (whole: ``/proc/self/io`` ``rchar``, workers 0; mapped: the 4 KiB file
+  pages the clips' slices cover, each counted once per video) and where the time of a clip goes (npz
+  reading = open + zip + decompression + array copy, validation = float32 cast + finiteness check, clip
+  assembly = clip sampling + slicing the maps + word vectors + tensors, collate);
 * resident memory (RSS and PSS, ``/proc/PID/smaps_rollup``) of the main process and of each worker for
   growing numbers of videos in the CSV (it must stay flat: captions and paths are packed arrays);
 * the projection: workers per GPU needed to feed 7,000 clips/s (a ≤ 310 ms step of 2,160 clips on an
@@ -54,6 +56,7 @@ PAPER = REPO / "configs" / "paper" / "howto100m_resnet_tva.yaml"
 TARGET_CLIPS_PER_S = 7000  # 2,160 clips in <= 310 ms on one H100 (issue 21)
 WORDS = [f"w{i}" for i in range(2000)]
 WORD_DIM = 300
+PAGE = 4096
 
 
 # ------------------------------------------------------------------------------------------ data set
@@ -190,7 +193,27 @@ def breakdown(dataset, batches: int, batch_videos: int) -> Dict[str, float]:
         finally:
             spent["npz_read"] += time.perf_counter() - t0
 
+    pages: set = set()
+    real_rows = howto100m.VideoFeatures.rows
+
+    def counted_rows(self, kind, rows):
+        # the file pages a clip's slice covers (each page counted once per video and file): one run of
+        # rows for the (T, 2048) features, one run per mel bin for the (40, F) spectrogram (its rows)
+        mapped = {"2d": self.features_2d, "3d": self.features_3d, "audio": self.audio_frames}[kind]
+        source = mapped if isinstance(mapped, np.memmap) else getattr(mapped, "base", None)
+        if rows is not None and rows.size and isinstance(source, np.memmap):
+            first = source.offset + (rows.ctypes.data - source.ctypes.data)
+            if kind == "audio":
+                runs = [(first + mel * source.shape[1] * rows.itemsize, rows.shape[0] * rows.itemsize)
+                        for mel in range(rows.shape[1])]
+            else:
+                runs = [(first, rows.nbytes)]
+            for start, length in runs:
+                pages.update((self.video_id, kind, page) for page in range(start // PAGE, (start + length - 1) // PAGE + 1))
+        return real_rows(self, kind, rows)
+
     howto100m.load_npz_array, howto100m.check_array = timed_load, timed_check
+    howto100m.VideoFeatures.rows = counted_rows
     collate = collate_fn_for(dataset)
     order = list(range(len(dataset)))
     clips, t0 = 0, time.perf_counter()
@@ -203,10 +226,11 @@ def breakdown(dataset, batches: int, batch_videos: int) -> Dict[str, float]:
             clips += int(batch["video"].shape[0])
     finally:
         howto100m.load_npz_array, howto100m.check_array = real_load, real_check
+        howto100m.VideoFeatures.rows = real_rows
     total = time.perf_counter() - t0
     spent["npz_read"] -= spent["validate"]  # load_npz_array calls check_array
     spent["assemble"] = total - sum(spent.values())
-    return {k: v / clips for k, v in spent.items()} | {"total": total / clips}
+    return {k: v / clips for k, v in spent.items()} | {"total": total / clips, "mapped_bytes": len(pages) * PAGE / clips}
 
 
 def measure_store(layout: Dict[str, Any], root: Path, csv: Path, videos: int, batch_videos: int, batches: int,
@@ -263,11 +287,21 @@ def run_all(args, root: Path, layout: Dict[str, Any], full_csv: Path) -> Dict[st
     file_bytes = sum(p.stat().st_size for p in (root / "features").rglob("vid000000_*.npz"))
     file_bytes += sum(p.stat().st_size for p in (root / "audio").rglob("vid000000_*.npz"))
     report["bytes_per_video"] = file_bytes
-    for w in args.workers:
-        cfg = howto_config(layout, full_csv, args.batch_videos, w)
-        report["raw"][w] = run_loader(cfg, build_train_dataset(cfg), args.batches)
-    cfg = howto_config(layout, full_csv, args.batch_videos, 0)
-    report["breakdown_s_per_clip"] = breakdown(build_train_dataset(cfg), args.batches, args.batch_videos)
+    report["raw_whole_files"], report["breakdown_whole_files"] = {}, {}
+    for mapped, runs in ((False, report["raw_whole_files"]), (True, report["raw"])):
+        for w in args.workers:
+            cfg = howto_config(layout, full_csv, args.batch_videos, w)
+            dataset = build_train_dataset(cfg)
+            dataset.memory_map = mapped
+            runs[w] = run_loader(cfg, dataset, args.batches)
+        cfg = howto_config(layout, full_csv, args.batch_videos, 0)
+        dataset = build_train_dataset(cfg)
+        dataset.memory_map = mapped
+        phases = breakdown(dataset, args.batches, args.batch_videos)
+        report["breakdown_s_per_clip" if mapped else "breakdown_whole_files"] = phases
+        if mapped:  # page faults on a memory map are no read() calls: the pages the clips cover instead
+            for run in runs.values():
+                run["bytes_per_clip"] = phases["mapped_bytes"] if run["bytes_per_clip"] is not None else None
     top = max(args.workers)
     for count in sorted({max(args.batch_videos * (args.batches + 1), args.videos // 10), args.videos // 2, args.videos}):
         cfg = howto_config(layout, write_csv(root, layout["paths"], count), args.batch_videos, top)
@@ -282,17 +316,20 @@ def print_report(args, report: Dict[str, Any]) -> None:
           f"of npz{' (compressed)' if args.compressed else ''} each), batches of {report['batch_clips']} clips")
     print("| reader | workers | clips/s | clips/s per worker | bytes read per clip |")
     print("|---|---|---|---|---|")
-    for name, runs in (("raw layout", report["raw"]), ("converted store", report["store"]["workers"])):
+    readers = (("raw layout, whole files", report["raw_whole_files"]), ("raw layout, memory-mapped", report["raw"]),
+               ("converted store", report["store"]["workers"]))
+    for name, runs in readers:
         for w, r in runs.items():
             read = "-" if r["bytes_per_clip"] is None else f"{r['bytes_per_clip'] / 1024:.1f} KiB"
             print(f"| {name} | {w} | {r['clips_per_s']:.0f} | {r['clips_per_s'] / max(int(w), 1):.0f} | {read} |")
-    b = report["breakdown_s_per_clip"]
-    print("raw layout, one process, ms per clip: " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in b.items()))
+    for name, key in (("whole files", "breakdown_whole_files"), ("memory-mapped", "breakdown_s_per_clip")):
+        b = {k: v for k, v in report[key].items() if k != "mapped_bytes"}
+        print(f"raw layout, {name}, one process, ms per clip: " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in b.items()))
     print("resident memory (MiB) as the CSV grows, main process / each worker (RSS, PSS):")
     for count, mem in report["memory_by_videos"].items():
         workers = "; ".join(f"{m['rss']:.0f} / {m['pss']:.0f}" for m in mem["workers"]) or "-"
         print(f"  {count:>7} videos: main {mem['main']['rss']:.0f} / {mem['main']['pss']:.0f}; workers {workers}")
-    for name, runs in (("raw layout", report["raw"]), ("converted store", report["store"]["workers"])):
+    for name, runs in readers:
         one = runs.get(1) or runs[min(runs)]
         per_worker = one["clips_per_s"]
         need = TARGET_CLIPS_PER_S / per_worker
