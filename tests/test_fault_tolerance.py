@@ -104,3 +104,13 @@ def test_a_hung_rank_ends_the_run_with_an_error_naming_it_and_the_timeout(store,
     assert "train.collective_timeout_s=3 s" in output
     assert "Ranks 1 failed to pass monitoredBarrier" in output, output[-3000:]
     assert waited < 3 + 30 + 30  # the timeout, the check barrier, and slack for a loaded machine
+
+
+def test_only_collective_failures_are_diagnosed_as_such():
+    from multisk.train.process_group import is_collective_failure
+
+    assert is_collective_failure(RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] "
+                                              "Connection closed by peer [127.0.0.1]:6541"))
+    assert is_collective_failure(RuntimeError("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] "
+                                              "Timed out waiting 3000ms for recv operation to complete"))
+    assert not is_collective_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)"))

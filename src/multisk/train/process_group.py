@@ -143,6 +143,16 @@ class CollectiveTimeoutError(RuntimeError):
 DIAGNOSIS_TIMEOUT_S = 30.0
 
 
+def is_collective_failure(err: BaseException) -> bool:
+    """Whether ``err`` came from a collective (torch's DistError family, or gloo / NCCL transport errors,
+    which gloo raises as plain RuntimeErrors naming its source files), not from the step's own code."""
+    dist_error = getattr(dist, "DistError", None)
+    if dist_error is not None and isinstance(err, dist_error):
+        return True
+    text = str(err)
+    return any(marker in text for marker in ("gloo", "Gloo", "NCCL", "monitoredBarrier", "Connection closed by peer"))
+
+
 @contextmanager
 def watch_collectives(ctx: DistributedContext, what: str) -> Iterator[None]:
     """Run the block (``what``: e.g. "training step 17"); if a collective in it fails under torchrun, find the
@@ -152,7 +162,7 @@ def watch_collectives(ctx: DistributedContext, what: str) -> Iterator[None]:
     try:
         yield
     except RuntimeError as err:
-        if not ctx.enabled or isinstance(err, CollectiveTimeoutError):
+        if not ctx.enabled or isinstance(err, CollectiveTimeoutError) or not is_collective_failure(err):
             raise
         wait = min(ctx.collective_timeout_s, DIAGNOSIS_TIMEOUT_S)
         try:
@@ -180,5 +190,5 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-__all__ = ["CollectiveTimeoutError", "DistributedContext", "watch_collectives", "cleanup_distributed", "gather_objects", "host_barrier", "init_distributed",
+__all__ = ["CollectiveTimeoutError", "DistributedContext", "is_collective_failure", "watch_collectives", "cleanup_distributed", "gather_objects", "host_barrier", "init_distributed",
            "pick_device"]

@@ -1,4 +1,4 @@
-"""The training application: ``multisk train --config FILE [key=value ...] [--resume latest]``.
+"""The training application: ``multisk train --config FILE [key=value ...] [--resume auto|latest|PATH]``.
 
 One process by default; under ``torchrun`` ``train.batch_size`` is still the GLOBAL batch: each of the
 W processes takes ``batch_size / W`` items of every global batch (:mod:`multisk.train.sampling`), the
