@@ -15,6 +15,7 @@ import torch
 from multisk.cli import main
 from multisk.config import load_config
 from multisk.data.feature_store import FeatureStore, FeatureStoreWriter
+from multisk.evaluate.index import load_index
 from multisk.train.trainer import train
 
 from synthetic_store import CLASSES, N_MELS, TEXT_DIM, VIDEO_DIM, tiny_overrides, write_synthetic_store
@@ -198,8 +199,11 @@ def test_index_moved_with_its_run_folder_still_searches(trained, tmp_path, capsy
     capsys.readouterr()
     assert main(["search", "a dog", "--index", str(moved / "index.npz"), "--top", "2"]) == 0
     assert len(_hits(capsys.readouterr().out)) == 2
-    # another checkpoint in its place is refused: its scores would mean nothing
-    other = moved / "checkpoints" / "latest.pt"
+    # another checkpoint in its place is refused: its scores would mean nothing (the place: the copy of
+    # the checkpoint that `multisk embed` put beside the index, which the index names first)
+    record = load_index(moved / "index.npz")["meta"]["checkpoint"]
+    assert record["relative"].startswith("checkpoints/") and record["relative"] != "checkpoints/latest.pt"
+    other = moved / record["relative"]
     state = torch.load(other, weights_only=False)
     state["step"] = int(state.get("step", 0)) + 1
     torch.save(state, other)

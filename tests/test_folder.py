@@ -222,3 +222,23 @@ def test_prepare_folder_command_as_typed(tmp_path):
     np.testing.assert_allclose(store.tokens("video", red_item).astype(np.float32), expected[1], rtol=1e-2, atol=1e-2)
     assert store.tokens("audio", by_id["bell"]).shape == (1 + int(0.4 * 16000) // 160, 40)
     assert not store.has("video", by_id["bell"]) and not store.has("audio", star)
+
+
+def test_prepare_folder_clip_seconds_makes_video_moments(media, tmp_path):
+    from multisk.cli import main
+
+    assert main(["data", "prepare", "folder", str(media), "--out", str(tmp_path / "store"), "--clip-seconds", "1",
+                 "--no-progress"]) == 0
+    store = FeatureStore(tmp_path / "store", "test")
+    moments = [item for item in store.items if item.get("entry") == "clip"]
+    assert [m["id"].split("#")[1] for m in moments][:2] == ["t=0,1", "t=1,2"] and len(moments) == 3
+    assert [(m["start"], m["media"]["video"]) for m in moments] == [(0, "clip.mp4"), (1, "clip.mp4"), (2, "clip.mp4")]
+    assert store.info["clip_seconds"] == 1.0
+    assert main(["data", "prepare", "folder", str(media), "--out", str(tmp_path / "whole"), "--no-progress"]) == 0
+    whole = FeatureStore(tmp_path / "whole", "test")
+    frames = whole.tokens("video", next(i for i, it in enumerate(whole.items) if it["id"] == "clip"))
+    for k, moment in enumerate(moments):
+        row = store.items.index(moment)
+        np.testing.assert_array_equal(store.tokens("video", row), frames[k: k + 1])
+        assert store.tokens("audio", row).shape[0] == pytest.approx(100 * (moment["end"] - moment["start"]), abs=1)
+    assert {it["id"] for it in store.items} - {m["id"] for m in moments} == {"pets/dog", "cat", "beep"}

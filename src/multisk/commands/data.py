@@ -2,7 +2,7 @@
 and inspect a feature store.
 
     multisk data prepare clipart [--root data/clipart] [--limit N] [--skip-bad] [--no-install] [--no-progress]
-    multisk data prepare folder PATH --out DIR [--captions CSV] [--split NAME] [--skip-bad] [--no-progress]
+    multisk data prepare folder PATH --out DIR [--captions CSV] [--split NAME] [--skip-bad] [--clip-seconds S] [--no-progress]
     multisk data convert {msrvtt,youcook2,howto100m} INPUT --out DIR --word-vectors SPEC [--split NAME] [--dtype D] [--skip-bad] ...
     multisk data info ROOT
 """
@@ -49,6 +49,9 @@ def register(subparsers: Any) -> None:
     folder.add_argument("--split", default="test", help="split name (default: test)")
     folder.add_argument("--skip-bad", action="store_true", help="skip unreadable files and report them")
     folder.add_argument("--no-progress", action="store_true", help="no progress bars")
+    folder.add_argument("--clip-seconds", type=float, default=None,
+                        help="split each video into moments of this many seconds, so search returns moments "
+                             "(default: one item per video)")
     folder.set_defaults(func=_prepare_folder)
 
     convert = actions.add_parser("convert", help="convert MSR-VTT / YouCook2 pickles or HowTo100M features")
@@ -146,7 +149,7 @@ def _prepare_folder(args: argparse.Namespace) -> int:
     from multisk.data.folder import prepare_folder
 
     summary = prepare_folder(args.path, args.out, captions=args.captions, split=args.split, skip_bad=args.skip_bad,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, clip_seconds=args.clip_seconds)
     _print_summary(summary)
     return 0
 

@@ -41,11 +41,13 @@ from multisk.data.encoding import (  # noqa: F401
     progress_bar,
     write_split,
 )
+from multisk.data.audio_features import HOP_LENGTH, SAMPLE_RATE
 from multisk.data.image_features import SVG_EXTENSIONS, PictureEncoder
 from multisk.errors import DataFormatError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"} | SVG_EXTENSIONS
 AUDIO_EXTENSIONS = {".wav", ".ogg", ".flac", ".oga", ".mp3", ".aiff", ".aif"}
+AUDIO_FRAMES_PER_SECOND = SAMPLE_RATE / HOP_LENGTH  # log-mel frames per second of sound (100)
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv"}
 
 
@@ -71,6 +73,11 @@ def _read_caption_csv(csv_path: Path) -> Dict[str, str]:
         raise DataFormatError(f"{csv_path}: not valid UTF-8 ({err})") from None
     except OSError as err:
         raise DataFormatError(f"{csv_path}: cannot read captions ({err})") from None
+
+
+def read_caption_csv(csv_path: str | Path) -> Dict[str, str]:
+    """``file -> caption`` of a captions CSV (columns ``file``, ``caption``); errors name the file and line."""
+    return _read_caption_csv(Path(csv_path))
 
 
 def read_sidecar_caption(txt_path: Path) -> Optional[str]:
@@ -213,6 +220,9 @@ def _folder_item(entry: Dict[str, Any], folder: Path, tokens: Dict[str, Optional
         "category": Path(stem).parent.as_posix() if Path(stem).parent != Path(".") else "",
         "source": "folder",
         "file": main.relative_to(folder).as_posix(),
+        # the media files to show for the item, relative to the folder: {"image" | "video" | "audio": path}
+        "media": {kind: files[kind][0].relative_to(folder).as_posix() for kind in ("image", "video", "audio")
+                  if files.get(kind)},
         # pictures only: figures show anchors by their top pictures
         **({"path": str(main.resolve())} if files.get("image") else {}),
     }
@@ -256,6 +266,57 @@ def encode_folder(
     return items, log.skipped
 
 
+def clip_video_items(items: List[Dict[str, Any]], clip_seconds: Optional[float]) -> List[Dict[str, Any]]:
+    """Split every video item into moments: windows ``[k c, (k + 1) c)`` of ``c = clip_seconds`` over the
+    video's duration ``D`` (its sound track's length at 100 log-mel frames per second, else its number of
+    1-fps frames), the last one ending at ``D`` (a tail shorter than ``c / 2`` joins the window before),
+    so that search answers with a moment, not a whole video.
+
+    A moment keeps the video's caption and category, gets the id ``STEM#t=START,END`` (the W3C media
+    fragment of that window), fields ``start`` / ``end`` (seconds) and ``entry`` (the video's id); its
+    tokens are the video's 1-fps frames ``floor(start) .. ceil(end)`` (at least one) and log-mel frames
+    ``100 start .. 100 end``. Pictures and sounds pass unchanged; ``clip_seconds`` None keeps whole videos.
+    """
+    if clip_seconds is None:
+        return list(items)
+    if not clip_seconds > 0:
+        raise DataFormatError(f"--clip-seconds: must be > 0, got {clip_seconds}")
+    out: List[Dict[str, Any]] = []
+    for item in items:
+        if "video" not in item.get("media", {}):
+            out.append(item)
+            continue
+        frames, audio = item["tokens"]["video"], item["tokens"]["audio"]
+        duration = audio.shape[0] / AUDIO_FRAMES_PER_SECOND if audio is not None else float(frames.shape[0])
+        count = max(1, int(np.ceil(duration / clip_seconds - 1e-6)))
+        if count > 1 and duration - (count - 1) * clip_seconds < clip_seconds / 2:
+            count -= 1  # a tail shorter than half a window joins the last window
+        for k in range(count):
+            start, end = k * clip_seconds, (duration if k == count - 1 else (k + 1) * clip_seconds)
+            first = min(int(np.floor(start)), frames.shape[0] - 1)
+            video = frames[first: max(first + 1, int(np.ceil(end - 1e-6)))]
+            sound = None
+            if audio is not None:
+                sound = audio[int(round(start * AUDIO_FRAMES_PER_SECOND)): int(round(end * AUDIO_FRAMES_PER_SECOND))]
+                sound = sound if sound.shape[0] > 0 else None
+            out.append({**item, "id": f"{item['id']}#t={start:g},{end:g}", "tokens": {**item["tokens"], "video": video,
+                        "audio": sound}, "start": round(float(start), 3), "end": round(float(end), 3),
+                        "entry": item["id"]})
+    return out
+
+
+def folder_split_metadata(folder: Path, encoder, skipped: int, clip_seconds: Optional[float] = None) -> Dict[str, Any]:
+    """The manifest record of a split made from ``folder`` (source, encoders; the clip length if any)."""
+    return {
+        "source": {"kind": "folder", "path": str(folder.resolve())},
+        "picture_encoder": encoder.describe(),
+        "text_encoder": {"name": GLOVE_NAME, "lowercase": True, "max_words": MAX_TEXT_WORDS},
+        "text_encoders": {"text": GLOVE_NAME, "text_minilm": CaptionEncoder.minilm_description()},
+        "skipped": skipped,
+        **({"clip_seconds": float(clip_seconds)} if clip_seconds is not None else {}),
+    }
+
+
 def prepare_folder(
     path: str | Path,
     out: str | Path,
@@ -266,6 +327,7 @@ def prepare_folder(
     grid: int = 2,
     cache_dir: Optional[str | Path] = None,
     progress: bool = True,
+    clip_seconds: Optional[float] = None,
 ) -> Dict[str, Any]:
     """Encode a folder of the user's media into one split of a feature store.
 
@@ -280,6 +342,7 @@ def prepare_folder(
         image_size, grid: picture encoding (see :mod:`multisk.data.image_features`).
         cache_dir: token cache (default ``OUT/cache``).
         progress: show tqdm progress bars.
+        clip_seconds: split each video into moments of this many seconds (:func:`clip_video_items`).
 
     Returns:
         ``{"root", "split", "count", "modalities": {m: items_present}, "skipped": [...], "seconds"}``.
@@ -305,13 +368,8 @@ def prepare_folder(
     items, skipped = encode_folder(entries, folder, encoder, cache, skip_bad=skip_bad, progress=progress)
     if not items:
         raise DataFormatError(f"{folder}: every media file was skipped as bad (see the skipped list)")
-    info = write_split(root, split, items, metadata={
-        "source": {"kind": "folder", "path": str(folder.resolve())},
-        "picture_encoder": encoder.describe(),
-        "text_encoder": {"name": GLOVE_NAME, "lowercase": True, "max_words": MAX_TEXT_WORDS},
-        "text_encoders": {"text": GLOVE_NAME, "text_minilm": CaptionEncoder.minilm_description()},
-        "skipped": len(skipped),
-    })
+    items = clip_video_items(items, clip_seconds)
+    info = write_split(root, split, items, metadata=folder_split_metadata(folder, encoder, len(skipped), clip_seconds))
     (root / f"skipped_{split}.json").write_text(json.dumps(skipped, indent=2), encoding="utf-8")
     return {
         "root": str(root),
@@ -339,8 +397,11 @@ __all__ = [
     "normalize_caption",
     "write_split",
     # this format
+    "clip_video_items",
     "encode_folder",
+    "folder_split_metadata",
     "index_folder",
     "prepare_folder",
+    "read_caption_csv",
     "read_sidecar_caption",
 ]

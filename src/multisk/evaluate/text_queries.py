@@ -17,6 +17,7 @@ so callers get ``has_tokens`` to refuse (search) or report (classification) it.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -66,10 +67,17 @@ def _word_vectors(spec: Mapping[str, Any], override: Optional[str]):
     return load_word_vectors(name)
 
 
+@functools.lru_cache(maxsize=1)
+def _minilm_encoder() -> CaptionEncoder:
+    """One MiniLM caption encoder per process: loaded at the first query, kept for the next ones (a
+    server answers many)."""
+    return CaptionEncoder(cache=None)
+
+
 def query_tokens(spec: Mapping[str, Any], texts: Sequence[str], *, word_vectors: Optional[str] = None) -> List[np.ndarray]:
     """(T_i, D) float32 tokens of every text, made as the store's tokens were (T_i may be 0)."""
     if spec.get("kind") == "minilm":
-        return [np.asarray(t, dtype=np.float32) for t in CaptionEncoder(cache=None).minilm_tokens(list(texts))]
+        return [np.asarray(t, dtype=np.float32) for t in _minilm_encoder().minilm_tokens(list(texts))]
     if spec.get("kind", "word_vectors") != "word_vectors":
         raise DataFormatError(f"text_encoder: unknown kind {spec.get('kind')!r} (known: word_vectors, minilm)")
     kv = _word_vectors(spec, word_vectors)
