@@ -218,6 +218,14 @@ class TrainConfig:
     nonfinite_check_every: int = 10
     # under torchrun: how long ranks wait for rank 0 writing a checkpoint or evaluating, on a CPU barrier
     barrier_timeout_s: float = 3600.0
+    # under torchrun: how long a rank waits inside a training collective (gradient all-reduce, loss
+    # all-gathers) for the others; past it the run ends with an error naming the ranks that never arrived
+    collective_timeout_s: float = 1800.0
+    # rank 0 copies the checkpoint's tensors to host memory and writes the file in a background thread
+    # (training continues; one more copy of the state in host memory while it writes; docs/training.md)
+    async_checkpoint: bool = False
+    # > 0: keep only this many newest step_N.pt checkpoints (epoch_N.pt and latest.pt always stay)
+    keep_step_checkpoints: int = 0
 
 
 @dataclass
@@ -339,6 +347,10 @@ def _check(cfg: Config) -> None:
     if t.nonfinite_check_every < 1 or t.barrier_timeout_s <= 0:
         raise ConfigError(f"train.nonfinite_check_every / train.barrier_timeout_s: need >= 1 / > 0, got "
                           f"{t.nonfinite_check_every} / {t.barrier_timeout_s}")
+    if t.keep_step_checkpoints < 0:
+        raise ConfigError(f"train.keep_step_checkpoints: need >= 0 (0 keeps all), got {t.keep_step_checkpoints}")
+    if t.collective_timeout_s <= 0:
+        raise ConfigError(f"train.collective_timeout_s: need > 0 seconds, got {t.collective_timeout_s}")
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> Config:

@@ -149,3 +149,29 @@ def test_round_robin_timing_interleaves_and_counts(bench):
     assert {name: len(values) for name, values in times.items()} == {"a": 3, "b": 3}
     summary = common.summarize_times([3.0, 1.0, 2.0])
     assert summary == {"min_ms": 1.0, "median_ms": 2.0, "mean_ms": 2.0}
+
+
+def test_loader_benchmark_quick_run_reads_the_howto100m_layout_with_the_training_pipeline(tmp_path):
+    json_path = tmp_path / "loader.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    completed = subprocess.run([sys.executable, str(BENCHMARKS / "bench_loader.py"), "--quick", "--json", str(json_path)],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(json_path.read_text())
+    assert json.loads(completed.stdout.strip().splitlines()[-1]) == report
+    assert set(report["raw"]) == set(report["raw_whole_files"]) == set(report["store"]["workers"]) == {"0", "1"}
+    # batches of 2 videos x 10 clips; 2 timed batches after the first
+    runs = list(report["raw"].values()) + list(report["raw_whole_files"].values())
+    assert all(run["clips"] == 40 and run["clips_per_s"] > 0 for run in runs)
+    # reading whole files, one process reads all three npz files of each video it opens: at least their
+    # bytes over the video's 10 clips (the files of a 40 s video hold ~1.4 MiB); memory-mapped, fewer
+    whole = report["raw_whole_files"]["0"]["bytes_per_clip"]
+    assert whole >= report["bytes_per_video"] / 10 > report["raw"]["0"]["bytes_per_clip"] > 0
+    assert report["raw"]["1"]["bytes_per_clip"] is None  # not measurable through the workers' pipes
+    for phases in (report["breakdown_s_per_clip"], report["breakdown_whole_files"]):
+        assert math.isclose(sum(v for k, v in phases.items() if k not in ("total", "mapped_bytes")), phases["total"],
+                            rel_tol=1e-6)
+    assert report["breakdown_whole_files"]["mapped_bytes"] == 0 < report["breakdown_s_per_clip"]["mapped_bytes"]
+    memory = report["memory_by_videos"]
+    assert set(memory) == {"6", "12"} and all(len(m["workers"]) == 1 and m["main"]["pss"] > 0 for m in memory.values())
+    assert "projection, raw layout, memory-mapped: 7000 clips/s per GPU needs" in completed.stdout

@@ -22,6 +22,7 @@ from multisk.data.store.dataset import (
     max_workers_within,
 )
 from multisk.data.formats.howto100m import CaptionTable, HowTo100MDataset, PackedStrings, check_segments, read_video_csv
+from multisk.errors import DataFormatError
 from multisk.train.datasets_for_config import build_train_dataset, estimate_loader_memory, loader_options
 from multisk.train.sampling import ResumableBatchSampler
 
@@ -381,3 +382,32 @@ def test_trainer_first_howto100m_batch_is_the_datasets_clips_for_the_seed(tmp_pa
     _assert_same_batches([first], [reference.collate_fn([reference[v] for v in videos])])
     other = HowTo100MDataset(fx["csv"], fx["features"], fx["audio"], fx["captions"], kv, clips_per_video=3, seed=12)
     assert not torch.equal(other.collate_fn([other[v] for v in videos])["audio"], first["audio"])
+
+
+def test_memory_mapped_feature_files_give_the_same_clips_and_check_the_rows_they_read(tmp_path):
+    fx = write_howto_fixture(tmp_path)
+    kv = make_keyed_vectors()
+    files = (fx["csv"], fx["features"], fx["audio"], fx["captions"], kv)
+
+    def clips(**kwargs):
+        dataset = HowTo100MDataset(*files, clips_per_video=3, **kwargs)
+        return [dataset[i] for i in range(len(dataset))], dataset
+
+    whole, _ = clips(memory_map=False)
+    mapped, dataset = clips()
+    assert isinstance(dataset.load_video(0).features_2d, np.memmap)  # np.savez files are mapped, not read
+    for video_whole, video_mapped in zip(whole, mapped):
+        for a, b in zip(video_whole, video_mapped):
+            assert (a["id"], a["caption"], a["start"]) == (b["id"], b["caption"], b["start"])
+            for m in ("text", "video", "audio"):
+                assert a[m].dtype == b[m].dtype and torch.equal(a[m], b[m]), m
+    spec = fx["audio"] / "cooking" / "vidA" / "vidA_spec.npz"
+    frames = np.load(spec)["arr_0"]
+    np.savez_compressed(spec, frames)  # a compressed member is read whole, with the same result
+    compressed, dataset = clips()
+    assert not isinstance(dataset.load_video(0).audio_frames, np.memmap)
+    assert all(torch.equal(a["audio"], b["audio"]) for a, b in zip(whole[0], compressed[0]))
+    frames[:, :] = np.nan
+    np.savez(spec, frames)
+    with pytest.raises(DataFormatError, match=r"vidA_spec\.npz field 'arr_0': contains NaN or inf"):
+        clips()

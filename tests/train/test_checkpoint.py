@@ -102,3 +102,32 @@ def test_older_checkpoints_with_a_numpy_rng_state_still_load(tmp_path):
     expected = _draws()
     restore_rng_state(load_checkpoint(path)["rng"])
     assert _draws() == expected
+
+
+def test_background_writer_saves_a_snapshot_that_later_changes_do_not_reach(tmp_path):
+    from multisk.checkpoint import CheckpointWriter, load_checkpoint
+
+    weights = torch.arange(6, dtype=torch.float32)
+    writer = CheckpointWriter(background=True)
+    writer.save({"model": {"w": weights}, "config": {}, "step": 1}, tmp_path / "step_1.pt")
+    weights.add_(100)  # training goes on while the file is written
+    writer.wait()
+    saved = load_checkpoint(tmp_path / "step_1.pt")
+    assert torch.equal(saved["model"]["w"], torch.arange(6, dtype=torch.float32)) and saved["step"] == 1
+    assert torch.equal(load_checkpoint(tmp_path / "latest.pt")["model"]["w"], saved["model"]["w"])
+    assert not list(tmp_path.glob("*.tmp"))
+    writer.save({"model": {"w": weights}, "config": {}}, tmp_path / "missing" / "\0bad.pt")
+    with pytest.raises(CheckpointError, match="writing a checkpoint in the background failed"):
+        writer.wait()
+
+
+def test_prune_keeps_the_newest_step_checkpoints_by_number_and_never_epochs_or_latest(tmp_path):
+    from multisk.checkpoint import prune_step_checkpoints
+
+    for name in ("step_2.pt", "step_10.pt", "step_9.pt", "epoch_1.pt", "step_x.pt"):
+        (tmp_path / name).write_bytes(b"x")
+    os.link(tmp_path / "step_2.pt", tmp_path / "latest.pt")
+    removed = prune_step_checkpoints(tmp_path, keep=2)
+    assert sorted(p.name for p in removed) == ["step_2.pt"]  # by number: 10 and 9 are the newest, not "9" > "10"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_1.pt", "latest.pt", "step_10.pt", "step_9.pt", "step_x.pt"]
+    assert (tmp_path / "latest.pt").read_bytes() == b"x"

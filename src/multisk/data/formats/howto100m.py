@@ -55,9 +55,10 @@ import csv as csv_module
 import math
 import os
 import pickle
+import struct
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -98,13 +99,23 @@ def check_array(value: Any, where: str, field: str, ndim: int = 2, shape: Sequen
         array = np.asarray(value)
     except Exception as err:  # ragged lists and the like
         raise DataFormatError(f"{where} field {field!r}: not an array ({err})") from None
+    check_layout(array, where, field, ndim, shape)
+    return check_values(array, where, field)
+
+
+def check_layout(array: np.ndarray, where: str, field: str, ndim: int = 2, shape: Sequence[Optional[int]] = ()) -> None:
+    """Raise unless ``array`` is numeric with the expected rank and fixed sizes (reads no values)."""
     if array.dtype.kind not in "fiub":
         raise DataFormatError(f"{where} field {field!r}: expected a numeric array, got dtype {array.dtype}")
     expected = tuple(shape) if shape else (None,) * ndim
     if array.ndim != len(expected) or any(e is not None and e != s for e, s in zip(expected, array.shape)):
         pretty = "(" + ", ".join("T" if e is None else str(e) for e in expected) + ")"
         raise DataFormatError(f"{where} field {field!r}: expected shape {pretty}, got {array.shape}")
-    array = array.astype(np.float32, copy=False)
+
+
+def check_values(array: np.ndarray, where: str, field: str) -> np.ndarray:
+    """``array`` as float32 (a copy of a memory-mapped slice), raising if it holds NaN or inf."""
+    array = np.asarray(array, dtype=np.float32)
     if not np.isfinite(array).all():
         raise DataFormatError(f"{where} field {field!r}: contains NaN or inf")
     return array
@@ -125,6 +136,49 @@ def load_npz_array(path: Path, key: str, shape: Sequence[Optional[int]]) -> np.n
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
         raise DataFormatError(f"{path}: field {key!r}: truncated or corrupt npz ({type(err).__name__}: {err})") from None
     return check_array(value, str(path), key, shape=shape)
+
+
+def _stored_npz_member(path: Path, key: str) -> Optional[np.ndarray]:
+    """A read-only memory map of member ``key`` of an npz written uncompressed (``np.savez``), or None when
+    the member is compressed (``np.savez_compressed``) or absent. Reads the zip directory, the member's
+    local header and the ``.npy`` header only."""
+    with zipfile.ZipFile(path) as archive:
+        try:
+            info = archive.getinfo(key + ".npy")
+        except KeyError:
+            return None
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            raise ValueError("bad local file header")
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        fh.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(fh)
+        offset = fh.tell()
+    if dtype.hasobject:
+        raise ValueError("object arrays are not allowed")
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
+
+
+def open_npz_array(path: Path, key: str, shape: Sequence[Optional[int]]) -> np.ndarray:
+    """Array ``key`` of an ``.npz`` file for slicing: an uncompressed member is memory-mapped (only the
+    rows later sliced from it are read; rank, sizes and dtype are checked now, the values where they are
+    used, :func:`check_values`); a compressed one is read and checked whole (:func:`load_npz_array`)."""
+    try:
+        view = _stored_npz_member(path, key)
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: field {key!r}: file not found") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, struct.error) as err:
+        raise DataFormatError(f"{path}: field {key!r}: truncated or corrupt npz ({type(err).__name__}: {err})") from None
+    if view is None:
+        return load_npz_array(path, key, shape)
+    check_layout(view, str(path), key, shape=shape)
+    return view
 
 
 def l2_normalize_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -532,6 +586,16 @@ class VideoFeatures:
     features_3d: Optional[np.ndarray]
     audio_frames: Optional[np.ndarray]
     segments: Optional[CaptionSegments]
+    # kind ("2d", "3d", "audio") -> (file, field) the arrays come from; they may be memory maps whose values
+    # are checked when a clip reads them (:meth:`rows`)
+    sources: Dict[str, Tuple[str, str]] = field(default_factory=dict)
+
+    def rows(self, kind: str, rows: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """``rows`` (a slice of this video's ``kind`` array) as float32, checked for NaN / inf (naming the file)."""
+        if rows is None:
+            return None
+        where, name = self.sources.get(kind, (self.video_id, kind))
+        return check_values(rows, where, name)
 
     @property
     def duration(self) -> float:
@@ -572,6 +636,10 @@ class HowTo100MDataset:
         scan_files: check every video's files when built (``stat`` only) and warn with the counts of
             absent ones (:attr:`missing_files`); False skips the scan (missing files are then only
             noticed as empty modalities, or as errors with ``strict_files``).
+        memory_map: memory-map uncompressed (``np.savez``) feature files, so a video's 10 clips read
+            their own rows, not the whole files (~5x fewer bytes for 390 s videos; docs/benchmarks.md);
+            rank, sizes and dtype are checked on opening, NaN / inf in the rows a clip reads. False (or
+            a compressed file) reads and checks every file whole.
         video_dtype: dtype of the collated ``video`` tensor (``torch.float16`` halves the batch that
             workers pass through shared memory and copy to the device; the L2-normalised halves lose
             at most ~2.4e-4 relative per token, docs/data.md). Items stay float32.
@@ -600,6 +668,7 @@ class HowTo100MDataset:
         video_dtype: Any = None,
         audio_offset_quirk: Optional[bool] = None,
         scan_files: bool = True,
+        memory_map: bool = True,
     ) -> None:
         from multisk.data.encoders.word_vectors import PACKAGED_GLOVE, load_word_vectors
 
@@ -635,6 +704,7 @@ class HowTo100MDataset:
         self.text_audio_misaligned = bool(text_audio_misaligned)
         self.video_dtype = video_dtype
         self.strict_files = bool(strict_files)
+        self.memory_map = bool(memory_map)
         self.seed = int(seed)
         self.epoch = 0
         # counted once, reported in one warning (SPEC §6: never a silent empty modality)
@@ -665,14 +735,16 @@ class HowTo100MDataset:
         tried = [root / pattern.format(path=rel, id=video_id) for pattern in FEATURE_FILE_NAMES[kind]]
         return next((path for path in tried if path.is_file()), None), tried
 
-    def _optional_npz(self, index: int, kind: str, key: str, shape: Sequence[Optional[int]]) -> Optional[np.ndarray]:
+    def _optional_npz(self, index: int, kind: str, key: str, shape: Sequence[Optional[int]],
+                      sources: Dict[str, Tuple[str, str]]) -> Optional[np.ndarray]:
         path, tried = self.feature_file(index, kind)
         if path is None:
             if self.strict_files:
                 also = f" (also tried {', '.join(map(str, tried[1:]))})" if len(tried) > 1 else ""
                 raise DataFormatError(f"{tried[0]}: field {key!r}: file not found{also}")
             return None
-        return load_npz_array(path, key, shape)
+        sources[kind] = (str(path), key)
+        return open_npz_array(path, key, shape) if self.memory_map else load_npz_array(path, key, shape)
 
     def scan_missing_files(self) -> Dict[str, List[str]]:
         """Video ids per absent input (``"2d"``, ``"3d"``, ``"audio"``, ``"captions"``): one ``stat`` per
@@ -701,22 +773,23 @@ class HowTo100MDataset:
     def load_video(self, index: int) -> VideoFeatures:
         """Read the feature files and captions of video ``index`` (missing files -> None)."""
         rel, video_id = self.video_paths[index], self.video_id(index)
-        f2d = self._optional_npz(index, "2d", "features", (None, FEATURE_DIM_2D))
-        f3d = self._optional_npz(index, "3d", "features", (None, FEATURE_DIM_3D))
-        spec = self._optional_npz(index, "audio", "arr_0", (N_MELS, None))
+        sources: Dict[str, Tuple[str, str]] = {}
+        f2d = self._optional_npz(index, "2d", "features", (None, FEATURE_DIM_2D), sources)
+        f3d = self._optional_npz(index, "3d", "features", (None, FEATURE_DIM_3D), sources)
+        spec = self._optional_npz(index, "audio", "arr_0", (N_MELS, None), sources)
         segments = self.captions.segments(index)
         if segments is None and self.strict_files:
             raise DataFormatError(f"{self.caption_path}: field {video_id!r}: no captions for this video")
-        frames = None if spec is None else np.ascontiguousarray(spec.T)
-        return VideoFeatures(video_id, f2d, f3d, frames, segments)
+        frames = None if spec is None else spec.T  # a view: a clip copies only its frames
+        return VideoFeatures(video_id, f2d, f3d, frames, segments, sources)
 
     def clip_item(self, video: VideoFeatures, clip: ClipSpan, index: int) -> Dict[str, Any]:
         """Per-item dict (numpy arrays) of one clip: tokens cropped to ``max_tokens`` from the span start."""
         from multisk.data.encoders.text import encode_text
 
         video_tokens = combine_video_features(
-            feature_slice(video.features_2d, FPS_2D, clip.start, clip.end),
-            feature_slice(video.features_3d, FPS_3D, clip.start, clip.end),
+            video.rows("2d", feature_slice(video.features_2d, FPS_2D, clip.start, clip.end)),
+            video.rows("3d", feature_slice(video.features_3d, FPS_3D, clip.start, clip.end)),
         )[: self.max_tokens["video"]]
         if video.audio_frames is not None:
             first = seconds_to_frame(clip.audio_start)
@@ -724,7 +797,7 @@ class HowTo100MDataset:
                 last = first + self.max_tokens["audio"]
             else:
                 last = min(seconds_to_frame(clip.audio_end), first + self.max_tokens["audio"])
-            audio = video.audio_frames[first:last]
+            audio = video.rows("audio", video.audio_frames[first:last])
         else:
             audio = np.zeros((0, N_MELS), dtype=np.float32)
         caption = " ".join(clip.words)
@@ -787,8 +860,8 @@ def collate_video_clips(
 
 __all__ = [
     "CaptionSegments", "CaptionTable", "ClipSpan", "FEATURE_FILE_NAMES", "HowTo100MDataset", "PackedStrings",
-    "VideoFeatures", "check_array", "check_segments",
+    "VideoFeatures", "check_array", "check_layout", "check_segments", "check_values",
     "collate_video_clips", "combine_video_features", "feature_slice", "frames_to_seconds", "grow_segment",
-    "l2_normalize_rows", "load_howto_captions", "load_npz_array", "nearest_resample", "read_pickle",
+    "l2_normalize_rows", "load_howto_captions", "load_npz_array", "nearest_resample", "open_npz_array", "read_pickle",
     "read_video_csv", "sample_clip", "seconds_to_frame",
 ]
