@@ -11,7 +11,7 @@
    backward (a DDP comm hook), so the collective time is everything communication could cost a step,
    before any overlap with the backward.
 
-Audio is left out as in tests/test_train.py: DAVEnet's BatchNorm normalises with each rank's statistics
+Audio is left out as in tests/train/test_train.py: DAVEnet's BatchNorm normalises with each rank's statistics
 (as the reference's DataParallel did), so an audio run differs from one process by design.
 
     python benchmarks/bench_ranks.py [--ranks 8] [--steps 6]

@@ -1,5 +1,5 @@
 """A small media collection and an untrained model that reads it, for the search-your-collection tests
-(tests/test_collection_index.py, tests/test_serve.py): pictures in two category folders with sidecar
+(tests/evaluate/test_collection_index.py, tests/evaluate/test_serve.py): pictures in two category folders with sidecar
 captions, sounds, and a three-second video whose seconds are red, green and blue."""
 
 from __future__ import annotations
