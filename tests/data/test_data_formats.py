@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from multisk.data.encoders import word_vectors as wv
+from multisk.data.formats.arrays import combine_video_features
 from multisk.data.formats.howto100m import (
     CaptionSegments,
     HowTo100MDataset,
-    combine_video_features,
     grow_segment,
     sample_clip,
 )

@@ -271,7 +271,7 @@ def test_two_workers_give_the_same_batches_as_the_main_process(tmp_path):
 def realistic_video_tokens(n: int = 1000, seed: int = 0) -> np.ndarray:
     """Video tokens shaped like the field's: ReLU-pooled CNN features (non-negative, skewed, some exact
     zeros), 2D and 3D halves L2-normalised to unit length (SPEC §1)."""
-    from multisk.data.formats.howto100m import combine_video_features
+    from multisk.data.formats.arrays import combine_video_features
 
     rng = np.random.default_rng(seed)
     f2d = rng.gamma(0.6, 0.8, (n, 2048)).astype(np.float32) * (rng.random((n, 2048)) > 0.1)

@@ -116,7 +116,7 @@ def test_trainer_and_eval_feed_the_first_window_whatever_the_training_lengths(fi
     each MSR-VTT item (not the 12 / 768 centre of training), an empty 2D array empties the video."""
     from multisk.checkpoint import load_checkpoint
     from multisk.config import config_from_dict
-    from multisk.data.formats.howto100m import combine_video_features
+    from multisk.data.formats.arrays import combine_video_features
     from multisk.train.datasets_for_config import build_eval_datasets, build_train_dataset
 
     cfg = config_from_dict(load_checkpoint(field_run["run"] / "checkpoints" / "latest.pt")["config"])

@@ -7,7 +7,8 @@
   groups), ``pooled_features`` (one frozen vector per item, for baselines and the structure metric).
 * :mod:`multisk.data.formats` — files of the field and of the user turned into stores: ``howto100m``
   (training layout, clip sampling), ``eval_pickles`` (MSR-VTT, YouCook2), ``convert`` (those → a store),
-  and, optional, the media pipeline:
+  ``arrays`` (checked numpy arrays, the reference's video layout and pickles they share) and, optional,
+  the media pipeline:
   ``clipart`` (the embedded benchmark) and ``folder`` (the user's own pictures, sounds, videos).
 * :mod:`multisk.data.encoders` — frozen encoders that make tokens: ``text`` and ``word_vectors``
   (captions), ``lite0`` / ``image_features`` (pictures), ``audio_features`` (log-mel), ``class_names``,

@@ -35,7 +35,8 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from multisk.data.formats.howto100m import FEATURE_DIM_2D, FEATURE_DIM_3D, N_MELS, check_array, combine_video_features, read_pickle
+from multisk.data.formats.arrays import FEATURE_DIM_2D, FEATURE_DIM_3D, check_array, combine_video_features, read_pickle
+from multisk.data.formats.howto100m import N_MELS
 from multisk.data.encoders.text import check_caption
 from multisk.errors import DataFormatError
 
