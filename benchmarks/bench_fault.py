@@ -24,16 +24,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from distributed_runs import checkpoint_differences, logged_steps, rank_pids, torchrun_train, wait_for  # noqa: E402
+from distributed_runs import checkpoint_differences, logged_steps, rank_pids, run_timed, torchrun_train, wait_for  # noqa: E402
 from synthetic_store import tiny_overrides, write_synthetic_store  # noqa: E402
-
-
-def _timed(cmd, env) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"uninterrupted run failed:\n{done.stderr[-3000:]}")
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -51,7 +43,7 @@ def main() -> None:
         run = {"train.epochs": args.epochs, "train.checkpoint_every": args.checkpoint_every, "train.ema_decay": 0.9,
                "data.eval_splits": "[]", "train.batch_size": 2 * args.ranks}
         total = args.epochs * (96 // (2 * args.ranks))
-        full_s = _timed(torchrun_train(args.ranks, tiny_overrides(store, tmp / "full", **run)), env)
+        full_s = run_timed(torchrun_train(args.ranks, tiny_overrides(store, tmp / "full", **run)), "uninterrupted run", env)
         victim, kill_after = pick.randrange(args.ranks), pick.randint(2, total - 2)
         killed = tmp / "killed"
         start = time.perf_counter()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from typing import Dict, List
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from distributed_runs import CONFIG, torchrun_path  # noqa: E402
+from distributed_runs import CONFIG, run_timed, torchrun_path  # noqa: E402
 from synthetic_store import tiny_overrides, write_synthetic_store  # noqa: E402
 
 TEXT_VIDEO = {"model.modalities": "[text,video]", "loss.contrastive.pair_weights.text-audio": 0.0,
@@ -153,12 +152,7 @@ def _largest_differences(a, b, prefix: str = "") -> Dict[str, float]:
 
 
 def _run(cmd: List[str], what: str) -> float:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"{what} failed:\n{done.stderr[-3000:]}")
-    return time.perf_counter() - start
+    return run_timed(cmd, what, {**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def main() -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,15 @@ def torchrun_train(nproc: int, overrides: List[str], *, max_restarts: int = 0, e
     return [torchrun_path() or "torchrun", "--standalone", "--nnodes", "1", "--nproc_per_node", str(nproc),
             "--max-restarts", str(max_restarts), "--monitor-interval", "0.2", "-m", "multisk.cli", "train",
             "--no-progress", "--config", str(CONFIG), *extra, *overrides]
+
+
+def run_timed(cmd: List[str], what: str, env: Optional[Dict[str, str]] = None) -> float:
+    """Run ``cmd`` to the end; its wall time in seconds, or exit naming ``what`` with its stderr tail."""
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{what} failed:\n{done.stderr[-3000:]}")
+    return time.perf_counter() - start
 
 
 def _children(pid: int) -> List[int]:
