@@ -165,3 +165,17 @@ def test_probe_fitted_on_one_store_scores_another(tmp_path, capsys):
     assert result["runs"]["linear_probe"]["mine"]["t2v"]["n_queries"] > 0
     assert main(["baseline", "--data", str(other), "--train-data", str(fit_on), "--baselines", "linear_probe"]) == 0
     assert "mine" in capsys.readouterr().out
+
+
+def test_classname_bridge_needs_the_recorded_picture_grid(tmp_path):
+    """A store with MiniLM captions and 1280-d picture tokens but no recorded Lite0 grid is named, not
+    crashed on (the grid is read from the manifest's picture_encoder)."""
+    from multisk.evaluate.baselines import _class_embeddings_or_skip
+
+    rng = np.random.default_rng(0)
+    with FeatureStoreWriter(tmp_path, "test", {"text_minilm": 4, "video": 1280}) as writer:
+        for i in range(2):
+            writer.add(f"i{i}", {"text_minilm": rng.normal(size=(3, 4)), "video": rng.normal(size=(49, 1280))})
+    skipped = {}
+    assert _class_embeddings_or_skip(tmp_path, ["test"], skipped) is None
+    assert skipped == {"classname_bridge": "needs EfficientNet-Lite0 picture tokens (store metadata 'picture_encoder')"}

@@ -48,7 +48,7 @@ from multisk.data.encoders.lite0 import load_lite0
 from multisk.errors import DataFormatError
 from multisk.data.encoders.class_names import class_name_embeddings, imagenet_class_names
 from multisk.data.store.evaluation_batches import caption_groups
-from multisk.data.store.pooled_features import pooled_features
+from multisk.data.store.pooled_features import picture_grid, pooled_features
 from multisk.metrics.directions import evaluate_directions
 from multisk.prior.validation import carve_validation
 from multisk.prior.maps import RidgeMap  # one ridge solver for the probe and the model's prior
@@ -211,7 +211,7 @@ def _class_embeddings_or_skip(root: str | Path, splits: Sequence[str], skipped: 
     first = FeatureStore(root, splits[0]) if splits else None
     if first is None or "text_minilm" not in first.modalities:
         skipped["classname_bridge"] = "needs MiniLM caption tokens (store modality 'text_minilm')"
-    elif first.modalities.get("video") != 1280 or _picture_grid(first) is None:
+    elif first.modalities.get("video") != 1280 or picture_grid(first) is None:
         skipped["classname_bridge"] = "needs EfficientNet-Lite0 picture tokens (store metadata 'picture_encoder')"
     else:
         return class_name_embeddings(imagenet_class_names())

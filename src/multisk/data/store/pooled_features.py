@@ -11,7 +11,8 @@ import numpy as np
 from multisk.data.store.feature_store import FeatureStore, FeatureStoreError
 
 
-def _picture_grid(store: FeatureStore) -> Optional[int]:
+def picture_grid(store: FeatureStore) -> Optional[int]:
+    """The side of the picture encoder's token grid a store records (``picture_encoder.grid``), or None."""
     encoder = store.info.get("picture_encoder")
     if isinstance(encoder, Mapping) and isinstance(encoder.get("grid"), int):
         return int(encoder["grid"])
@@ -36,7 +37,7 @@ def pooled_features(store: FeatureStore, modality: str) -> Tuple[np.ndarray, np.
     n, dim = len(store), dims[modality]
     is_audio = modality == "audio"
     is_text = modality.startswith("text")
-    grid = _picture_grid(store) if modality == "video" else None
+    grid = picture_grid(store) if modality == "video" else None
     features = np.zeros((n, 2 * dim if is_audio else dim), dtype=np.float64)
     present = np.zeros(n, dtype=bool)
     for i in range(n):
@@ -57,4 +58,4 @@ def pooled_features(store: FeatureStore, modality: str) -> Tuple[np.ndarray, np.
     return features, present
 
 
-__all__ = ["pooled_features"]
+__all__ = ["picture_grid", "pooled_features"]
