@@ -54,7 +54,6 @@ from __future__ import annotations
 import csv as csv_module
 import math
 import os
-import pickle
 import struct
 import warnings
 import zipfile
@@ -686,7 +685,7 @@ class HowTo100MDataset:
 
     def load_video(self, index: int) -> VideoFeatures:
         """Read the feature files and captions of video ``index`` (missing files -> None)."""
-        rel, video_id = self.video_paths[index], self.video_id(index)
+        video_id = self.video_id(index)
         sources: Dict[str, Tuple[str, str]] = {}
         f2d = self._optional_npz(index, "2d", "features", (None, FEATURE_DIM_2D), sources)
         f3d = self._optional_npz(index, "3d", "features", (None, FEATURE_DIM_3D), sources)
