@@ -19,7 +19,7 @@ Stages, in order (each is timed, and a failing stage is recorded and the next on
                   losses of each step against one process on the global batch.
 
 Writes ``report.json`` and ``report.md`` to ``--out``. Exit status 0 when every stage passed its check.
-``--dry-run`` is run by the test suite (tests/test_gpu_check.py), so the script cannot rot before a GPU
+``--dry-run`` is run by the test suite (tests/cli/test_gpu_check.py), so the script cannot rot before a GPU
 comes.
 """
 
@@ -80,9 +80,9 @@ class Timer:
 
 def write_store(root: Path, n_train: int = 48, n_test: int = 16, seed: int = 0) -> Path:
     """A small feature store with word-vector captions (some items without video or audio)."""
-    from multisk.data.feature_store import FeatureStoreWriter
-    from multisk.data.text import encode_text
-    from multisk.data.word_vectors import load_word_vectors
+    from multisk.data.store.feature_store import FeatureStoreWriter
+    from multisk.data.encoders.text import encode_text
+    from multisk.data.encoders.word_vectors import load_word_vectors
 
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -190,7 +190,7 @@ def stage_paper_step(ctx: Dict[str, Any]) -> Dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from multisk.config import load_config
-    from multisk.sinkhorn.precision import configure_model_math
+    from multisk.precision import configure_model_math
 
     device, timer = ctx["device"], ctx["timer"]
     dry = ctx["dry_run"]

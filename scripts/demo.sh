@@ -4,6 +4,6 @@
 # evaluate both and print the comparison table. Extra arguments go to `multisk demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh demo,dev
+bash scripts/setup.sh demo,dev,search
 export HF_HUB_OFFLINE=1
 exec .venv/bin/multisk demo "$@"

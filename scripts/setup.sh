@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Creates .venv (if missing) and installs multisk with the CPU build of torch 2.13.0 first, so no
-# dependency can pull a CUDA build. Usage: bash scripts/setup.sh [EXTRAS], e.g. "demo,dev".
+# dependency can pull a CUDA build. Usage: bash scripts/setup.sh [EXTRAS], e.g. "demo,dev,search".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-demo,dev}"
+extras="${1:-demo,dev,search}"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from multisk.data.feature_store import FeatureStoreWriter
+from multisk.data.store.feature_store import FeatureStoreWriter
 
 TEXT_DIM, VIDEO_DIM, N_MELS = 12, 16, 40
 CLASSES = ["cat", "dog", "car", "tree", "boat", "house"]
@@ -32,8 +32,8 @@ def write_synthetic_store(root: Path, n_train: int = 48, n_test: int = 24, seed:
     class-dependent token modalities, item i with ``2 + i % 7`` tokens (so budgets crop some), every
     fifth item without it; each from its own generator, so the other modalities do not change either.
     ``n_val > 0`` adds a ``val`` split drawn like the others."""
-    from multisk.data.text import encode_text
-    from multisk.data.word_vectors import load_word_vectors
+    from multisk.data.encoders.text import encode_text
+    from multisk.data.encoders.word_vectors import load_word_vectors
 
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -82,7 +82,7 @@ def tiny_overrides(root: Path, out: Path, **extra) -> list[str]:
         "loss.sspc.queue_size": 16, "train.batch_size": 8, "train.epochs": 2, "train.log_every": 1,
         "train.output_dir": str(out), "train.lr": 0.001,
         # the demo's text-space prior needs a val split and Lite0/MiniLM for its concept head: off here,
-        # on in tests/test_prior.py and tests/test_demo.py (stores written with n_val > 0)
+        # on in tests/prior/test_prior.py and tests/cli/test_demo.py (stores written with n_val > 0)
         "model.prior.enabled": "false", "model.prior.concept_classes": 0, "data.val_split": "null",
     }
     values.update(extra)

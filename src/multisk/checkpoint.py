@@ -18,8 +18,8 @@ Everything is mapped to the CPU: a checkpoint written on a GPU loads on any mach
 moves what it needs (``load_state_dict`` copies into the live tensors, the optimizer casts its state to
 its parameters' device).
 
-Writes go to ``NAME.tmp`` and are renamed, so a crash never leaves a truncated checkpoint, and
-``latest.pt`` always names a complete file.
+Writes go to ``NAME.tmp``, are fsynced and renamed (and the directory fsynced), so a crash or power loss
+never leaves a truncated checkpoint, and ``latest.pt`` always names a complete file.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -102,7 +103,10 @@ def save_checkpoint(state: Dict[str, Any], path: str | Path, *, also_latest: boo
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())  # the bytes are on disk before the name points at them
     os.replace(tmp, path)
     if also_latest:
         latest = path.with_name("latest.pt")
@@ -116,7 +120,100 @@ def save_checkpoint(state: Dict[str, Any], path: str | Path, *, also_latest: boo
             except OSError:
                 torch.save(state, tmp_latest)
             os.replace(tmp_latest, latest)
+    _fsync_directory(path.parent)  # the renames themselves survive a power loss
     return path
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - file systems that refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def snapshot_state(obj: Any) -> Any:
+    """A copy of ``obj`` that later training cannot change: tensors copied to the CPU (detached), dicts /
+    lists / tuples rebuilt, other values (numbers, strings, RNG tuples) shared (they are immutable)."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot_state(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [snapshot_state(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(snapshot_state(v) for v in obj)
+    return obj
+
+
+def _write_and_prune(state: Dict[str, Any], path: Path, keep_steps: int) -> None:
+    save_checkpoint(state, path)
+    if keep_steps > 0:
+        prune_step_checkpoints(path.parent, keep_steps)
+
+
+class CheckpointWriter:
+    """``save(state, path)`` as :func:`save_checkpoint`; with ``background=True`` it only takes a snapshot
+    (:func:`snapshot_state`: one copy of the tensors in host memory) and writes it in a thread, so training
+    goes on while the file is written. The write is as atomic as ever (``NAME.tmp``, fsync, rename; then
+    ``latest.pt``), so a crash mid-write leaves the previous checkpoint as ``latest.pt``. One write at a
+    time: ``save`` and :meth:`wait` first finish the previous write and re-raise its error, if any."""
+
+    def __init__(self, background: bool = False) -> None:
+        self.background = background
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+
+    def save(self, state: Dict[str, Any], path: str | Path, keep_steps: int = 0) -> None:
+        """Write ``state`` to ``path``; then, with ``keep_steps > 0``, :func:`prune_step_checkpoints`."""
+        self.wait()
+        if not self.background:
+            _write_and_prune(state, Path(path), keep_steps)
+            return
+        snapshot = snapshot_state(state)
+        self._thread = threading.Thread(target=self._write, args=(snapshot, Path(path), keep_steps),
+                                        name="checkpoint-writer", daemon=False)
+        self._thread.start()
+
+    def _write(self, state: Dict[str, Any], path: Path, keep_steps: int) -> None:
+        try:
+            _write_and_prune(state, path, keep_steps)
+        except BaseException as err:  # re-raised in the training thread by wait()
+            self._error = err
+
+    def join(self) -> None:
+        """Block until the pending write (if any) ends, without raising (for clean-up paths)."""
+        if self._thread is not None:
+            self._thread.join()
+
+    def wait(self) -> None:
+        """Block until the pending write (if any) is on disk; raise its error."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise CheckpointError(f"writing a checkpoint in the background failed: {error}") from error
+
+
+def prune_step_checkpoints(directory: str | Path, keep: int) -> List[Path]:
+    """Delete all but the ``keep`` newest ``step_N.pt`` of ``directory`` (by N); ``epoch_N.pt`` and
+    ``latest.pt`` (a hard link: its content survives the deletion of the file it was linked from) stay.
+    Returns the deleted paths."""
+    steps = []
+    for path in Path(directory).glob("step_*.pt"):
+        number = path.stem[len("step_"):]
+        if number.isdigit():
+            steps.append((int(number), path))
+    doomed = [path for _, path in sorted(steps)[:-keep]] if keep > 0 else []
+    for path in doomed:
+        path.unlink()
+    return doomed
 
 
 def resolve_checkpoint(spec: str, output_dir: str | Path) -> Optional[Path]:
@@ -166,6 +263,6 @@ def load_checkpoint(path: str | Path, *, require: tuple = ("model", "config")) -
 
 
 __all__ = [
-    "ALLOWED_GLOBALS", "CheckpointError", "capture_rng_state", "load_checkpoint", "resolve_checkpoint",
-    "restore_rng_state", "save_checkpoint",
+    "ALLOWED_GLOBALS", "CheckpointError", "CheckpointWriter", "capture_rng_state", "load_checkpoint", "resolve_checkpoint",
+    "prune_step_checkpoints", "restore_rng_state", "save_checkpoint", "snapshot_state",
 ]

@@ -11,7 +11,7 @@ from typing import List, Optional
 from multisk.errors import UserFacingError
 
 # module name under multisk.commands, in the order shown by --help
-COMMAND_MODULES = ("demo", "model", "data", "train", "evaluate", "baseline", "embed")
+COMMAND_MODULES = ("demo", "model", "data", "train", "evaluate", "baseline", "embed", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

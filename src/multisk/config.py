@@ -34,7 +34,7 @@ class ModalityRowConfig:
 
 @dataclass
 class PriorConfig:
-    """The closed-form text-space prior (multisk.models.prior; not in the paper: docs/results.md)."""
+    """The closed-form text-space prior (multisk.prior; not in the paper: docs/prior.md, docs/results.md)."""
 
     enabled: bool = False
     # C > 0: a concept head for pictures (Lite0's ImageNet classifier read through the caption encoder's
@@ -51,7 +51,7 @@ class PriorConfig:
 
 @dataclass
 class ModelConfig:
-    """The Everything-at-Once family (SPEC §1) with anchor heads (SPEC §2)."""
+    """The Everything-at-Once family (docs/architecture.md) with anchor heads (docs/losses.md)."""
 
     # "per_modality": one fusion transformer per modality (the paper's released model);
     # "everything_at_once": one shared transformer that also encodes the pairs tv, ta, va.
@@ -91,19 +91,19 @@ class ModelConfig:
     # add Linear(LayerNorm(mean input features)) to each text / video joint embedding: a linear path
     # from the frozen pre-trained features around the transformer (not in the paper; docs/results.md)
     input_residual: bool = False
-    # the space of the input-space anchors Z_m (SPEC §2): "projected" (the paper: the masked mean of the
+    # the space of the input-space anchors Z_m (docs/losses.md): "projected" (the paper: the masked mean of the
     # learned token projections, width embed_dim) or "frozen" (the frozen input features as the
     # text-space prior pools and standardises them: MiniLM / GloVe mean, Lite0 mean token, log-mel
     # mean;std; needs model.prior.enabled) — SSPC then preserves the pre-trained encoders' structure
     input_space: str = "projected"
     # a frozen closed-form embedding of every modality in the text encoder's space, mixed into the
-    # retrieval embeddings (multisk.models.prior)
+    # retrieval embeddings (multisk.prior)
     prior: PriorConfig = field(default_factory=PriorConfig)
 
 
 @dataclass
 class ContrastiveConfig:
-    """Combinatorial contrastive loss over modality pairs (SPEC §3)."""
+    """Combinatorial contrastive loss over modality pairs (docs/losses.md)."""
 
     kind: str = "norm_softmax"  # "norm_softmax" | "mms"
     temperature: float = 0.05
@@ -117,7 +117,7 @@ class ContrastiveConfig:
 
 @dataclass
 class SSPCConfig:
-    """Semantic-structure-preserving consistency loss (SPEC §3-§4)."""
+    """Semantic-structure-preserving consistency loss (docs/losses.md, docs/sinkhorn.md)."""
 
     enabled: bool = True
     weight: float = 1.0  # beta
@@ -175,7 +175,7 @@ class DataConfig:
     # error per L2-normalised 2048-d half of HowTo100M's float32 features (docs/data.md); the trainer
     # widens it to float32 on the device
     video_transfer_dtype: str = "float16"
-    # HowTo100M layout (SPEC §6); only read when train_format == "howto100m"
+    # HowTo100M layout (docs/data.md); only read when train_format == "howto100m"
     howto_csv: str = ""
     howto_features_path: str = ""
     howto_audio_path: str = ""
@@ -183,7 +183,7 @@ class DataConfig:
     word_vectors: str = ""
     clips_per_video: int = 10
     clip_seconds: float = 8.0
-    # EAO's audio-text disentangling (SPEC §5): the audio window starts clip_seconds / 2 after the text
+    # EAO's audio-text disentangling (the reference's clip sampling, docs/data.md): the audio window starts clip_seconds / 2 after the text
     # span's start and lasts clip_seconds (it may run past the span); false = audio of the text span
     flag_text_audio_misaligned: bool = False
 
@@ -218,6 +218,14 @@ class TrainConfig:
     nonfinite_check_every: int = 10
     # under torchrun: how long ranks wait for rank 0 writing a checkpoint or evaluating, on a CPU barrier
     barrier_timeout_s: float = 3600.0
+    # under torchrun: how long a rank waits inside a training collective (gradient all-reduce, loss
+    # all-gathers) for the others; past it the run ends with an error naming the ranks that never arrived
+    collective_timeout_s: float = 1800.0
+    # rank 0 copies the checkpoint's tensors to host memory and writes the file in a background thread
+    # (training continues; one more copy of the state in host memory while it writes; docs/training.md)
+    async_checkpoint: bool = False
+    # > 0: keep only this many newest step_N.pt checkpoints (epoch_N.pt and latest.pt always stay)
+    keep_step_checkpoints: int = 0
 
 
 @dataclass
@@ -339,6 +347,10 @@ def _check(cfg: Config) -> None:
     if t.nonfinite_check_every < 1 or t.barrier_timeout_s <= 0:
         raise ConfigError(f"train.nonfinite_check_every / train.barrier_timeout_s: need >= 1 / > 0, got "
                           f"{t.nonfinite_check_every} / {t.barrier_timeout_s}")
+    if t.keep_step_checkpoints < 0:
+        raise ConfigError(f"train.keep_step_checkpoints: need >= 0 (0 keeps all), got {t.keep_step_checkpoints}")
+    if t.collective_timeout_s <= 0:
+        raise ConfigError(f"train.collective_timeout_s: need > 0 seconds, got {t.collective_timeout_s}")
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> Config:

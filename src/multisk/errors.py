@@ -2,7 +2,7 @@
 
 A leaf module: it imports nothing from multisk, so every layer (library, applications, command line)
 can import it without pulling in any other part of the package. ``multisk.config`` re-exports
-:class:`ConfigError` and ``multisk.data.feature_store`` re-exports :class:`FeatureStoreError`, so
+:class:`ConfigError` and ``multisk.data.store.feature_store`` re-exports :class:`FeatureStoreError`, so
 the old import paths keep working.
 """
 

@@ -2,7 +2,7 @@
 
 Everything that used to list ``("text", "video", "audio")`` iterates over a modality table instead:
 config validation (``model.modalities``), the feature widths and token budgets a dataset is built with
-(:mod:`multisk.data.store_for_config`), the crop of the feature-store dataset, collation, the model's
+(:mod:`multisk.data.store.store_for_config`), the crop of the feature-store dataset, collation, the model's
 token projections, fused pairs and batch checks, the loss checks, and the letters of the retrieval
 directions (``t2v``).
 

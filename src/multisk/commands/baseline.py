@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from multisk.data.feature_store import read_manifest
+    from multisk.data.store.feature_store import read_manifest
     from multisk.evaluate.baselines import compute_baselines
     from multisk.evaluate.report import comparison_table
 

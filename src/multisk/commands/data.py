@@ -2,8 +2,8 @@
 and inspect a feature store.
 
     multisk data prepare clipart [--root data/clipart] [--limit N] [--skip-bad] [--no-install] [--no-progress]
-    multisk data prepare folder PATH --out DIR [--captions CSV] [--split NAME] [--skip-bad] [--no-progress]
-    multisk data convert {msrvtt,youcook2,howto100m} INPUT --out DIR --word-vectors SPEC [--split NAME] [--skip-bad] ...
+    multisk data prepare folder PATH --out DIR [--captions CSV] [--split NAME] [--skip-bad] [--clip-seconds S] [--no-progress]
+    multisk data convert {msrvtt,youcook2,howto100m} INPUT --out DIR --word-vectors SPEC [--split NAME] [--dtype D] [--skip-bad] ...
     multisk data info ROOT
 """
 
@@ -49,6 +49,9 @@ def register(subparsers: Any) -> None:
     folder.add_argument("--split", default="test", help="split name (default: test)")
     folder.add_argument("--skip-bad", action="store_true", help="skip unreadable files and report them")
     folder.add_argument("--no-progress", action="store_true", help="no progress bars")
+    folder.add_argument("--clip-seconds", type=float, default=None,
+                        help="split each video into moments of this many seconds, so search returns moments "
+                             "(default: one item per video)")
     folder.set_defaults(func=_prepare_folder)
 
     convert = actions.add_parser("convert", help="convert MSR-VTT / YouCook2 pickles or HowTo100M features")
@@ -72,6 +75,9 @@ def register(subparsers: Any) -> None:
                          help="benchmark size used as the retrieval divisor (default: 1000 msrvtt test, 3350 youcook2)")
     convert.add_argument("--first-caption-only", action="store_true",
                          help="msrvtt train pickles: keep only each video's first caption")
+    convert.add_argument("--dtype", default=None, choices=["float32", "float16"],
+                         help="storage dtype of the features (default: float32 for msrvtt / youcook2, as the "
+                              "reference evaluates; float16 for howto100m training clips)")
     howto = convert.add_argument_group("howto100m")
     howto.add_argument("--features-path", help="root of {path}/{id}_2d.npz and {id}_3d.npz")
     howto.add_argument("--features-path-3d", help="root of the 3D features if elsewhere")
@@ -104,9 +110,9 @@ def ensure_clipart_media(install: bool = True, sources: Any = None) -> None:
 
     As root with ``install`` (and apt-get present): ``apt-get install -y ...``, with ``apt-get update``
     first if that fails (a fresh image has no package lists). Otherwise, or if the install fails,
-    :class:`multisk.data.clipart.MissingMediaError` gives the exact line to run.
+    :class:`multisk.data.formats.clipart.MissingMediaError` gives the exact line to run.
     """
-    from multisk.data.clipart import ClipartSources, MissingMediaError, apt_install_line, check_media
+    from multisk.data.formats.clipart import ClipartSources, MissingMediaError, apt_install_line, check_media
 
     sources = sources or ClipartSources()
     missing = sources.missing_packages()
@@ -131,7 +137,7 @@ def ensure_clipart_media(install: bool = True, sources: Any = None) -> None:
 
 
 def _prepare_clipart(args: argparse.Namespace) -> int:
-    from multisk.data.clipart import prepare_clipart
+    from multisk.data.formats.clipart import prepare_clipart
 
     ensure_clipart_media(install=not args.no_install)
     summary = prepare_clipart(args.root, limit=args.limit, skip_bad=args.skip_bad, progress=not args.no_progress)
@@ -140,16 +146,16 @@ def _prepare_clipart(args: argparse.Namespace) -> int:
 
 
 def _prepare_folder(args: argparse.Namespace) -> int:
-    from multisk.data.folder import prepare_folder
+    from multisk.data.formats.folder import prepare_folder
 
     summary = prepare_folder(args.path, args.out, captions=args.captions, split=args.split, skip_bad=args.skip_bad,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, clip_seconds=args.clip_seconds)
     _print_summary(summary)
     return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from multisk.data.convert import DEFAULT_SPLITS, convert_dataset, skipped_report_path
+    from multisk.data.formats.convert import DEFAULT_SPLITS, convert_dataset, skipped_report_path
 
     opts: Dict[str, Any] = {}
     if args.max_video_tokens is not None:
@@ -169,14 +175,16 @@ def _convert(args: argparse.Namespace) -> int:
         if args.kind == "msrvtt" and args.first_caption_only:
             opts["all_captions"] = False
     info = convert_dataset(args.kind, args.input, args.out, word_vectors=args.word_vectors, split=args.split,
-                           skip_bad=args.skip_bad, max_words=args.max_words, lowercase=args.lowercase, **opts)
+                           skip_bad=args.skip_bad, max_words=args.max_words, lowercase=args.lowercase,
+                           dtype=args.dtype, **opts)
     split = args.split or DEFAULT_SPLITS[args.kind]
-    print(f"wrote split {split!r} to {args.out}: {info['count']} items "
+    dtypes = sorted({meta["dtype"] for meta in info.get("modalities", {}).values()})
+    print(f"wrote split {split!r} to {args.out}: {info['count']} items in {'/'.join(dtypes)} "
           f"(complete size {info.get('complete_size')}, skipped bad {info.get('skipped_bad', 0)}, "
           f"skipped by rule {info.get('skipped_by_rule', 0)})")
     window = info.get("eval_window")
     if window:
-        print(f"evaluation protocol recorded (SPEC §7): the first {window['video']} video steps / {window['audio']} "
+        print(f"evaluation protocol recorded (docs/evaluation.md): the first {window['video']} video steps / {window['audio']} "
               f"audio frames of each item; empty modalities go through the masking token "
               f"(`multisk eval --empty-modalities excluded` to leave such items out)")
     if args.skip_bad:
@@ -185,7 +193,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from multisk.data.feature_store import read_manifest
+    from multisk.data.store.feature_store import read_manifest
 
     manifest = read_manifest(args.root)
     if args.json:

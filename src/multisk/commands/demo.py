@@ -81,12 +81,12 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     data = Path(args.data)
-    from multisk.data.clipart import BENCHMARK_VERSION, prepared_version
+    from multisk.data.formats.clipart import BENCHMARK_VERSION, prepared_version
 
     version = prepared_version(data)  # None: no store, or not a clipart store (used as it is)
     if not (data / "manifest.json").is_file() or args.limit is not None or version not in (None, BENCHMARK_VERSION):
         from multisk.commands.data import ensure_clipart_media
-        from multisk.data.clipart import prepare_clipart
+        from multisk.data.formats.clipart import prepare_clipart
 
         print(f"[demo] preparing the embedded benchmark (version {BENCHMARK_VERSION}) in {data} ...", flush=True)
         ensure_clipart_media(install=not args.no_install)  # apt-get, as root, lives in the command layer

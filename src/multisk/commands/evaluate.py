@@ -9,7 +9,7 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="evaluate a checkpoint on a prepared feature store",
                               description="Every retrieval direction the embeddings allow (R@1/5/10/50, "
-                                          "MedR, MeanR; SPEC §7) and zero-shot classification by category.")
+                                          "MedR, MeanR; docs/evaluation.md) and zero-shot classification by category.")
     p.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. runs/x/checkpoints/latest.pt)")
     p.add_argument("--data", required=True, help="feature-store root (e.g. data/clipart)")
     p.add_argument("--split", action="append", default=None,
@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     p.add_argument("--empty-modalities", default="auto", choices=["auto", "masking_token", "excluded"],
                    help="an item lacking a modality: 'masking_token' scores it through the model's masking token "
-                        "(every item is a query, SPEC §7), 'excluded' leaves it out of the directions needing "
+                        "(every item is a query, docs/evaluation.md), 'excluded' leaves it out of the directions needing "
                         "that modality; 'auto' (default): what the store records (masking_token for converted "
                         "MSR-VTT / YouCook2), else excluded")
     p.add_argument("--word-vectors", default=None,
@@ -35,13 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from multisk.data.feature_store import read_manifest
+    from multisk.data.store.feature_store import read_manifest
     from multisk.evaluate.classification import classify_by_category
     from multisk.evaluate.inputs import eval_store_dataset
     from multisk.evaluate.loading import load_model
     from multisk.evaluate.pipeline import evaluate_split
     from multisk.evaluate.report import format_inputs_line, format_results_table, results_to_markdown, write_metrics_json
-    from multisk.train.process_group import pick_device
+    from multisk.device import pick_device
 
     device = pick_device(args.device)
     model, cfg = load_model(args.checkpoint, device=device, use_ema=args.ema)
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     splits = args.split or [s for s in manifest["splits"] if s != cfg.data.train_split]
     unknown = [s for s in splits if s not in manifest["splits"]]
     if unknown:
-        from multisk.data.feature_store import FeatureStoreError
+        from multisk.data.store.feature_store import FeatureStoreError
 
         raise FeatureStoreError(f"{Path(args.data) / 'manifest.json'}: no split {unknown} (have: {sorted(manifest['splits'])})")
     print(f"evaluating {args.checkpoint}{' (EMA weights)' if args.ema else ''} on {args.data}: {', '.join(splits)}")

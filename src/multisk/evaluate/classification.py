@@ -1,8 +1,8 @@
 """Zero-shot classification from class names: name → the store's text encoder → the model's text branch
-→ nearest class by cosine to each item's embedding (SPEC §6 asks us to design it).
+→ nearest class by cosine to each item's embedding (the reference has none; this design is ours, docs/evaluation.md).
 
 Every input the split allows is classified: each non-text modality of the model's modality table
-(``video`` (pictures), ``audio``, a configured row such as ``flow``), then the late fusion (SPEC §1) of
+(``video`` (pictures), ``audio``, a configured row such as ``flow``), then the late fusion (docs/evaluation.md) of
 each two of them (``video+audio``), each over the items that have a category and that input. What cannot be classified is
 reported with the reason (no categories, no item with pictures, no recorded text encoder, ...), never
 raised: a split without pictures still gets its audio classified.

@@ -1,6 +1,6 @@
 """What evaluation feeds the model: the window of each modality and what happens to empty modalities.
 
-Two sources, in this order (SPEC §7):
+Two sources, in this order (docs/evaluation.md):
 
 * the split's manifest records an ``eval_window`` (``multisk data convert`` does for MSR-VTT and
   YouCook2: the first 48 / 3072 or 72 / 4608 steps, the reference's ``clip`` strategy). Evaluation uses
@@ -23,8 +23,9 @@ from __future__ import annotations
 from typing import Any, Dict, Mapping, Optional
 
 from multisk.config import Config
-from multisk.data.dataset import FeatureStoreDataset
-from multisk.data.store_for_config import store_dataset
+from multisk.data.store.dataset import FeatureStoreDataset
+from multisk.data.store.feature_store import read_manifest
+from multisk.data.store.store_for_config import store_dataset
 from multisk.errors import DataFormatError
 
 EMPTY_MODALITY_MODES = ("masking_token", "excluded")
@@ -49,18 +50,13 @@ def recorded_window(info: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
 
 
 def eval_store_dataset(cfg: Config, root: str, split: str) -> FeatureStoreDataset:
-    """One split of a store as evaluation feeds it to the model of ``cfg`` (window of SPEC §7 when the
+    """One split of a store as evaluation feeds it to the model of ``cfg`` (window of docs/evaluation.md when the
     store records one, else the model's lengths). The dataset's ``eval_inputs`` says which."""
-    dataset = store_dataset(cfg, root, split)
-    window = recorded_window(dataset.store.info)
-    if window is not None:
-        # the recorded window replaces the built-in budgets; configured rows (model.modality_specs) keep theirs
-        dataset.max_tokens = {**dataset.max_tokens, "text": window["text"], "video": window["video"],
-                              "audio": window["audio"]}
-        dataset.video_crop = dataset.audio_crop = window["crop"]
-        source = "recorded in the store at conversion"
-    else:
-        source = "the model's training lengths (data.max_*)"
+    info = read_manifest(root).get("splits", {}).get(split)  # a missing split: the store names it below
+    window = recorded_window(info) if isinstance(info, Mapping) else None
+    # the recorded window replaces the built-in budgets at construction; configured rows keep theirs
+    dataset = store_dataset(cfg, root, split, window=window)
+    source = "recorded in the store at conversion" if window is not None else "the model's training lengths (data.max_*)"
     dataset.eval_inputs = {  # type: ignore[attr-defined]
         "text_tokens": int(dataset.max_tokens["text"]),
         "video_tokens": int(dataset.max_tokens["video"]),

@@ -10,14 +10,14 @@ import torch
 from multisk.checkpoint import load_checkpoint
 from multisk.config import Config, config_from_dict
 from multisk.errors import DataFormatError
-from multisk.models import build_model
+from multisk.prior import build_model_with_prior, prior_of
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = False) -> Tuple[torch.nn.Module, Config]:
     """Returns ``(model in eval mode on device, config)``; ``use_ema`` loads the EMA weights."""
     state = load_checkpoint(path)  # onto the CPU, weights_only (a checkpoint cannot run code)
     cfg = config_from_dict(state["config"])
-    model = build_model(cfg.model)
+    model = build_model_with_prior(cfg.model)  # the paper's model, with model.prior wrapped with its prior
     weights = state["model"]
     if use_ema:
         if not state.get("ema"):
@@ -35,9 +35,9 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", use_ema:
 
 
 def set_prior_weight(model: torch.nn.Module, weight: float, where: str = "prior weight") -> None:
-    """Score ``model`` with weight ``weight`` of its text-space prior (:mod:`multisk.models.prior`):
+    """Score ``model`` with weight ``weight`` of its text-space prior (:mod:`multisk.prior`):
     0 = the learned embeddings alone, 1 = the closed-form prior alone. Errors name ``where``."""
-    prior = getattr(model, "prior", None)
+    prior = prior_of(model)
     if prior is None:
         raise DataFormatError(f"{where}: the model has no text-space prior (it was trained without model.prior)")
     if not 0.0 <= weight <= 1.0:

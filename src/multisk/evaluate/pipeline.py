@@ -1,82 +1,34 @@
-"""Embed evaluation datasets with a model and score every retrieval direction (SPEC §7)."""
+"""Embed evaluation datasets with a model and score every retrieval direction (docs/evaluation.md)."""
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from multisk.data.dataset import collate_batch
-from multisk.evaluate.directions import Side, evaluate_directions, table_directions
+from multisk.data.store.evaluation_batches import EVAL_MODEL_BATCH, caption_groups, evaluation_collate, fixed_size_batches
+from multisk.metrics.directions import Side, evaluate_directions, table_directions
 from multisk.evaluate.inputs import dataset_inputs, empty_modalities_mode
+from multisk.metrics.structure import structure_preservation
 from multisk.modalities import MODALITY_SPECS, ModalityTable
-from multisk.sinkhorn.precision import autocast_context
+from multisk.precision import autocast_context
 
 
-def evaluation_collate(dataset, table: ModalityTable):
-    """The collate function evaluation feeds ``dataset`` with: every modality zero-padded to the
-    dataset's fixed window ``dataset.max_tokens`` (the recorded evaluation window, e.g. 48 video steps /
-    3072 audio frames for MSR-VTT, else the model's training lengths), float32 values.
-
-    The padded length must not depend on which items share a batch: DAVEnet's convolutions and its
-    eval-mode BatchNorm see the zero padding, so an audio clip padded to the longest clip of its batch
-    gets embeddings that change with ``--batch-size`` (the reference always pads to the window).
-    A dataset without ``max_tokens`` pads each batch to its longest item (then results may depend on
-    the batch size; every dataset multisk builds has ``max_tokens``).
-    """
-    max_tokens = getattr(dataset, "max_tokens", None)
-    pad_to = {m: int(max_tokens[m]) for m in table if m in max_tokens} if max_tokens else None
-    return partial(collate_batch, pad_to=pad_to, table=table)
+def storage_dtypes(dataset) -> Dict[str, str]:
+    """Model modality -> the dtype its features are stored in (the store manifest's ``dtype``); empty
+    for a dataset without a feature store."""
+    store = getattr(dataset, "store", None)
+    mapping = getattr(dataset, "modality_map", None) or {}
+    stored = (getattr(store, "info", None) or {}).get("modalities", {})
+    return {m: str(stored[name]["dtype"]) for m, name in mapping.items() if name in stored}
 
 
 def model_modality_table(model: torch.nn.Module) -> ModalityTable:
     """The modality table a model was built with (``MultiModalModel.modality_table``: the built-in
     rows plus ``model.modality_specs``); the built-in rows for a model without one."""
     return getattr(model, "modality_table", MODALITY_SPECS)
-
-
-#: Items per model call in evaluation. Fixed, whatever ``--batch-size`` says: a CPU/GPU matrix kernel's
-#: result for one row depends on the batch's size and on the row's position in it (tail tiles take other
-#: code paths; measured: 3.5e-7 on a video embedding), and such last-bit differences break the exact
-#: ties of identical captions that SPEC §7's rank averages, so R@k moved with the batch size.
-EVAL_MODEL_BATCH = 16
-
-
-def fixed_size_batches(batches: Iterable[Dict[str, Any]], size: int) -> Iterator[Tuple[Dict[str, Any], int]]:
-    """Re-cut a stream of collated batches (all with the same fixed padded shapes) into batches of
-    exactly ``size`` items, in order; the last is filled with copies of its last item.
-
-    Yields ``(batch, n_real)``: the first ``n_real`` rows are the next items of the stream. Item i thus
-    always sits at row ``i % size`` of a ``size``-row batch, whatever the loader's batch size.
-    """
-    pending: List[Dict[str, Any]] = []
-    count = 0
-
-    def take(n: int) -> Dict[str, Any]:
-        nonlocal pending, count
-        merged = {k: (torch.cat([b[k] for b in pending]) if torch.is_tensor(pending[0][k])
-                      else [x for b in pending for x in b[k]]) for k in pending[0]}
-        head = {k: v[:n] for k, v in merged.items()}
-        rest = {k: v[n:] for k, v in merged.items()}
-        count -= n
-        pending = [rest] if count else []
-        return head
-
-    for batch in batches:
-        pending.append(batch)
-        count += len(batch["id"])
-        while count >= size:
-            yield take(size), size
-    if count:
-        n_real = count
-        tail = take(count)
-        fill = size - n_real
-        padded = {k: (torch.cat([v, v[-1:].expand(fill, *v.shape[1:])]) if torch.is_tensor(v) else v + [v[-1]] * fill)
-                  for k, v in tail.items()}
-        yield padded, n_real
 
 
 @torch.no_grad()
@@ -131,15 +83,6 @@ def embed_dataset(
     return {key: cat(value) for key, value in parts.items()}
 
 
-def caption_groups(dataset) -> Optional[np.ndarray]:
-    """Items sharing a ``group`` field (identical captions) are all correct answers; None if absent."""
-    items = dataset.store.items
-    if not items or all("group" not in item for item in items):
-        return None
-    keys: Dict[Any, int] = {}
-    return np.asarray([keys.setdefault(item.get("group", f"__item{i}"), len(keys)) for i, item in enumerate(items)])
-
-
 def nonempty_for_joint(nonempty: Mapping[str, torch.Tensor], names) -> Dict[str, torch.Tensor]:
     """Validity of each joint embedding: a fused pair needs both of its modalities."""
     result = {}
@@ -170,7 +113,7 @@ def score_retrieval(
     Args:
         emb: :func:`embed_dataset` output (``joint`` and ``nonempty``).
         mode: ``"masking_token"`` (every item is a query and a gallery entry; an empty modality is the
-            model's masking-token embedding, SPEC §7) or ``"excluded"`` (items lacking a modality leave the
+            model's masking-token embedding, docs/evaluation.md) or ``"excluded"`` (items lacking a modality leave the
             sides that need it).
         table: the model's modality table (:func:`model_modality_table`; default the built-in rows):
             names, letters and the directions listed, skipped ones included.
@@ -234,6 +177,7 @@ def evaluate_split(
         "empty_modalities": mode,
         "precision": precision,
         "model_batch": EVAL_MODEL_BATCH,
+        "storage_dtype": storage_dtypes(dataset),
         "items_with": {m: int(flag.sum()) for m, flag in emb["nonempty"].items()},
     }
     entry: Dict[str, Any] = {"n_items": len(dataset)}
@@ -243,8 +187,6 @@ def evaluate_split(
     entry["retrieval"] = retrieval
     entry["skipped"] = {"directions": skipped}
     if hasattr(dataset, "store") and hasattr(dataset, "modality_map"):
-        from multisk.evaluate.baselines import structure_preservation
-
         # how much of each modality's frozen input-space neighbourhood the joint space keeps
         entry["structure"] = structure_preservation(dataset, emb["joint"], emb["nonempty"])
     return entry, emb
@@ -260,7 +202,7 @@ def evaluate_model(
     keep_embeddings: bool = False,
     empty_modalities: str = "auto",
 ) -> Dict[str, Any]:
-    """Evaluate every split (SPEC §7).
+    """Evaluate every split (docs/evaluation.md).
 
     Returns ``{split: entry}`` with, per split:
 
@@ -268,10 +210,10 @@ def evaluate_model(
     * ``inputs``: what was fed and how it was scored — ``text_tokens``, ``video_tokens``,
       ``audio_frames`` (the windows), ``crop``, ``window_from``, ``empty_modalities``
       (``"masking_token"`` / ``"excluded"``), ``precision``, ``items_with`` (items having each modality);
-    * ``retrieval``: direction label -> metrics (:func:`multisk.evaluate.evaluate_directions`);
+    * ``retrieval``: direction label -> metrics (:func:`multisk.metrics.evaluate_directions`);
     * ``skipped``: ``{"directions": {label: reason}}`` for every direction the split cannot score;
     * ``structure``: modality -> ``{"knn_jaccard", "k", "n_items"}``, the mean 10-NN Jaccard between the
-      frozen input features and the joint embeddings (:func:`multisk.evaluate.baselines.structure_preservation`);
+      frozen input features and the joint embeddings (:func:`multisk.metrics.structure.structure_preservation`);
     * ``embeddings`` (only with ``keep_embeddings``): the :func:`embed_dataset` output.
 
     ``empty_modalities="auto"`` takes what each store records (masking token for the field's formats,
@@ -288,4 +230,4 @@ def evaluate_model(
 
 
 __all__ = ["EVAL_MODEL_BATCH", "caption_groups", "fixed_size_batches", "embed_dataset", "evaluation_collate", "evaluate_model", "evaluate_split", "model_modality_table",
-           "nonempty_for_joint", "score_retrieval"]
+           "nonempty_for_joint", "score_retrieval", "storage_dtypes"]

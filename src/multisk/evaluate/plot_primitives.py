@@ -197,11 +197,11 @@ def plot_recall_curves(
     max_k: int = 100,
     complete_size: Optional[int] = None,
 ) -> Path:
-    """R@K (SPEC §7 rules: K = 1 counts rank 0 only) for K = 1..max_k, one line per direction.
+    """R@K (docs/evaluation.md rules: K = 1 counts rank 0 only) for K = 1..max_k, one line per direction.
 
     Args:
         ranks: direction label -> (Q,) 0-based tie-averaged ranks
-            (:func:`multisk.evaluate.direction_ranks`).
+            (:func:`multisk.metrics.direction_ranks`).
         out_path: PNG to write.
         max_k: largest K.
         complete_size: percentages over this complete dataset size when given.

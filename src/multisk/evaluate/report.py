@@ -4,7 +4,7 @@ Shapes of the data handled here:
 
 * a *metrics dict*: ``{"R1": 12.3, "R5": ..., "MedR": ..., "n_queries": 968}`` (one direction);
 * a *direction table*: ``{"t2v": metrics dict, "v2t": metrics dict, ...}`` (one split of one run),
-  as returned by :func:`multisk.evaluate.evaluate_directions`;
+  as returned by :func:`multisk.metrics.evaluate_directions`;
 * *runs*: ``{run name: {split name: direction table}}`` for :func:`comparison_table`.
 """
 
@@ -176,6 +176,9 @@ def format_inputs_line(entry: Mapping[str, Any]) -> str:
     if first or inputs.get("window_from"):
         window += f" ({', '.join(x for x in (first, inputs.get('window_from')) if x)})"
     parts = [window, f"empty modalities: {inputs.get('empty_modalities')}", f"precision {inputs.get('precision')}"]
+    stored = inputs.get("storage_dtype")
+    if isinstance(stored, Mapping) and stored:
+        parts.append("stored " + "/".join(sorted(set(map(str, stored.values())))))
     if isinstance(inputs.get("items_with"), Mapping):
         parts.append("items with " + ", ".join(f"{m} {n}" for m, n in inputs["items_with"].items()))
     return "; ".join(parts)

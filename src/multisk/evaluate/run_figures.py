@@ -13,8 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from multisk.evaluate.directions import direction_ranks
-from multisk.evaluate.pipeline import caption_groups, nonempty_for_joint
+from multisk.data.store.evaluation_batches import caption_groups
+from multisk.metrics.directions import direction_ranks
+from multisk.evaluate.pipeline import nonempty_for_joint
 
 MAIN_DIRECTIONS = ("t2v", "v2t", "t2a", "a2t", "t2v+a")
 

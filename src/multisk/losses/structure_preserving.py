@@ -1,4 +1,4 @@
-"""Semantic-structure-preserving consistency (SSPC) loss — SPEC §3-§4 (Swetha et al., ICCV 2023).
+"""Semantic-structure-preserving consistency (SSPC) loss — docs/losses.md, docs/sinkhorn.md (Swetha et al., ICCV 2023).
 
 Notation: modalities M (text, video, audio), anchor sets Z_m (input space, K × D) and Ẑ_m (joint space,
 K × E), input embeddings x_m (B × D, unit rows), normalised joint embeddings x̂_n (B × E). Scores are
@@ -55,7 +55,7 @@ from multisk.losses.contrastive import GlobalKeys, at_least_float32
 from multisk.losses.collectives import ProcessGroup, all_gather_no_grad, local_row_offset, world_size
 from multisk.losses.queue import EmbeddingQueue
 from multisk.modalities import MODALITY_SPECS, ModalityTable
-from multisk.sinkhorn.precision import exact_float32
+from multisk.precision import exact_float32
 
 INPUT_FROM_JOINT = "input<-joint"  # (i): predict input-space scores s_m from the joint-space target q̂_{m,n}
 JOINT_FROM_INPUT = "joint<-input"  # (ii): predict joint-space scores ŝ_{m,n} from the input-space target q_m
@@ -77,7 +77,7 @@ class SSPCTerm:
 
 
 def build_term_table(modalities: Sequence[str], modality_weights: Mapping[str, float]) -> List[SSPCTerm]:
-    """All 2·|M|² terms, weight = min(modality_weights[m], modality_weights[n]) (SPEC §3)."""
+    """All 2·|M|² terms, weight = min(modality_weights[m], modality_weights[n]) (docs/losses.md)."""
     for m in modalities:
         if m not in modality_weights:
             raise ConfigError(f"loss.sspc.modality_weights: no weight for modality {m!r}")

@@ -1,12 +1,12 @@
 """Zero-shot classification by cosine similarity to class-name embeddings.
 
-The reference only had configuration stubs for UCF101 / HMDB zero-shot classification (SPEC §6); the
+The reference only had configuration stubs for UCF101 / HMDB zero-shot classification; the
 protocol here: embed every class name with the text branch, embed every item (typically by late
 fusion v+a), and predict the class whose embedding has the highest cosine similarity::
 
     S[i, c] = n(x_i) · n(w_c)ᵀ          n(u) = u / ||u||
 
-The rank of the true class uses the same tie rule as retrieval (SPEC §7): classes scoring higher
+The rank of the true class uses the same tie rule as retrieval (docs/evaluation.md): classes scoring higher
 than the true class plus half of the other classes scoring exactly the same. Top-1 counts rank 0
 exactly (a tie at the top is not a hit), top-k counts rank < k. With fewer than 5 classes, top-5
 is computed over all classes (and is then 100).

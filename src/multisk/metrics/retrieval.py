@@ -1,4 +1,4 @@
-"""Retrieval metrics exactly as the field reports them (SPEC §7).
+"""Retrieval metrics exactly as the field reports them (docs/evaluation.md).
 
 Protocol. ``sims`` is a (Q, N) similarity matrix: row q holds the scores of query q against the N
 gallery items; the true item of query q is column q (the diagonal). The rank of the true item is
@@ -48,7 +48,7 @@ import torch
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
-# Recall levels reported by retrieval_metrics (SPEC §7).
+# Recall levels reported by retrieval_metrics (docs/evaluation.md).
 RECALL_LEVELS = (1, 5, 10, 50)
 # Elements of one (chunk, N) block: 4M elements = 16 MiB in float32.
 _CHUNK_ELEMENTS = 1 << 22
@@ -160,7 +160,7 @@ def _denominator(num_queries: int, complete_dataset_size: Optional[int]) -> int:
 
 
 def recall_at_k(ranks: ArrayLike, k: int, complete_dataset_size: Optional[int] = None) -> float:
-    """Percentage of queries found within the top k (SPEC §7).
+    """Percentage of queries found within the top k (docs/evaluation.md).
 
     ``k == 1`` counts ranks exactly 0 (a tie at the top is not a hit); ``k > 1`` counts ranks < k.
     The percentage is over ``complete_dataset_size`` when given (missing queries are misses).

@@ -19,10 +19,13 @@ Rows with zero norm have cosine 0 to everything.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Dict, Mapping, Union
 
 import numpy as np
 import torch
+
+from multisk.data.store.pooled_features import pooled_features
+from multisk.modalities import MODALITY_SPECS
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -87,4 +90,40 @@ def knn_jaccard(reference: ArrayLike, joint: ArrayLike, k: int = 10) -> float:
     return float(np.mean(knn_jaccard_per_item(reference, joint, k)))
 
 
-__all__ = ["knn_jaccard", "knn_jaccard_per_item", "nearest_neighbours"]
+def structure_preservation(dataset, joint: Mapping[str, Any], nonempty: Mapping[str, Any],
+                           k: int = 10) -> Dict[str, Dict[str, float]]:
+    """Mean k-NN Jaccard (:func:`multisk.metrics.structure.knn_jaccard`) between each modality's frozen
+    input features and its joint embeddings, over the items of one split that have the modality.
+
+    Args:
+        dataset: a :class:`multisk.data.store.dataset.FeatureStoreDataset` (its ``store`` and
+            ``modality_map`` name the frozen features the model read: the text reference is the text
+            modality the model was trained on, e.g. MiniLM or GloVe).
+        joint: model modality -> (N, E) joint embeddings (``embed_dataset(...)["joint"]``).
+        nonempty: model modality -> (N,) bool.
+
+    Returns:
+        ``{modality: {"knn_jaccard": value, "k": k, "n_items": n}}`` for ``text`` / ``video`` /
+        ``audio`` when at least ``k + 1`` items have the modality.
+    """
+    result: Dict[str, Dict[str, float]] = {}
+    store = dataset.store
+    # every row of the dataset's modality table (built-in rows and model.modality_specs) the model has
+    for modality in getattr(dataset, "modality_table", MODALITY_SPECS):
+        name = dataset.modality_map.get(modality)
+        if modality not in joint or name is None or name not in store.modalities:
+            continue
+        reference, present = pooled_features(store, name)
+        flags = nonempty.get(modality)
+        if flags is not None:
+            present = present & np.asarray(flags.cpu() if hasattr(flags, "cpu") else flags, dtype=bool)
+        if present.sum() < k + 1:
+            continue
+        embedding = joint[modality]
+        embedding = np.asarray(embedding.detach().cpu() if hasattr(embedding, "detach") else embedding)
+        result[modality] = {"knn_jaccard": knn_jaccard(reference[present], embedding[present], k),
+                            "k": k, "n_items": int(present.sum())}
+    return result
+
+
+__all__ = ["knn_jaccard", "knn_jaccard_per_item", "nearest_neighbours", "structure_preservation"]

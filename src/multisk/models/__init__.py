@@ -1,4 +1,4 @@
-"""multisk.models — the Everything-at-Once model family with anchor heads (SPEC §1–§2).
+"""multisk.models — the Everything-at-Once model family with anchor heads (the paper's Sec. 3, docs/architecture.md).
 
     from multisk.models import build_model
     model = build_model(cfg.model)

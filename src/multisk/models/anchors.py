@@ -1,4 +1,4 @@
-"""Anchor heads (SPEC §2): learnable anchor sets whose cosine similarities to an embedding are the
+"""Anchor heads (docs/losses.md): learnable anchor sets whose cosine similarities to an embedding are the
 "assignment scores" used by the structure-preserving consistency loss.
 
 For every modality m there are two sets, each a (K × dim) matrix used row-L2-normalised:
@@ -9,7 +9,7 @@ For every modality m there are two sets, each a (K × dim) matrix used row-L2-no
 
 ``scores(x, Z) = x · n(Z)ᵀ`` with ``n`` the row-wise L2 normalisation; for unit rows ``x`` the scores
 are cosine similarities in [-1, 1]. They are computed in IEEE float32 (autocast off, TF32 off:
-:func:`multisk.sinkhorn.precision.exact_float32`): Multi-SK divides them by a small ε (0.07), which
+:func:`multisk.precision.exact_float32`): Multi-SK divides them by a small ε (0.07), which
 would amplify bf16 rounding (≈ 4e-3) to ≈ 0.06 in the exponent, TF32's (≈ 5e-4) to ≈ 7e-3.
 """
 
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multisk.sinkhorn.precision import exact_float32
+from multisk.precision import exact_float32
 
 
 def anchor_scores(x: Tensor, anchors: Tensor) -> Tensor:
@@ -31,7 +31,7 @@ def anchor_scores(x: Tensor, anchors: Tensor) -> Tensor:
 
 
 class AnchorHeads(nn.Module):
-    """The six anchor sets of SPEC §2 (two per modality).
+    """The six anchor sets of docs/losses.md (two per modality).
 
     ``input_anchors[m]`` (K, D_m: embed_dim, or the modality's frozen pooled width) and
     ``joint_anchors[m]`` (K, projection_dim) are ``nn.ParameterDict`` entries; :meth:`input_scores` /

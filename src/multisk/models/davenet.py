@@ -1,4 +1,4 @@
-"""Residual DAVEnet audio encoders (Harwath et al.), as used by Everything-at-Once (SPEC §1).
+"""Residual DAVEnet audio encoders (Harwath et al.), as used by Everything-at-Once (docs/architecture.md).
 
 The reference writes these networks with ``nn.Conv2d`` on an NCHW tensor of height 1: a stem
 ``Conv2d(1 → C0, kernel (n_mels, 1))`` that collapses the mel axis, then residual stages of
@@ -114,7 +114,7 @@ class DAVEnet(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """The reference's initialisation of its 2-D layers, reproduced on the 1-D ones (SPEC §5).
+        """The reference's initialisation of its 2-D layers, reproduced on the 1-D ones.
 
         The reference (ResDAVEnet) gives every ``Conv2d`` He-normal weights with fan-out,
         ``N(0, 2 / (C_out · k_h · k_w))``, and every BatchNorm weight 1, bias 0.  A ``(1 × k)`` Conv2d

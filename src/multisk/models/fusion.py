@@ -1,4 +1,4 @@
-"""The fusion transformer of Everything-at-Once (SPEC §1).
+"""The fusion transformer of Everything-at-Once (docs/architecture.md).
 
 One or more token sequences ("segments", e.g. the text tokens, or the text tokens followed by the
 video tokens) are concatenated, optionally preceded by a learned CLS token, and run through ``depth``

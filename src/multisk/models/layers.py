@@ -1,4 +1,4 @@
-"""Building blocks of the Everything-at-Once model family (SPEC §1).
+"""Building blocks of the Everything-at-Once model family (docs/architecture.md).
 
 * :class:`GatedEmbeddingUnit` — linear map followed by context gating,
   ``y = W1 x + b1;  y = y * sigmoid(W2 y + b2)`` (Miech et al.), used for the token projections and
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multisk.sinkhorn.precision import autocast_disabled  # re-exported: the model's float32 islands
+from multisk.precision import autocast_disabled  # re-exported: the model's float32 islands
 
 LAYER_NORM_EPS = 1e-6  # the EAO reference uses eps=1e-6 for every LayerNorm
 

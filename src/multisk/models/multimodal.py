@@ -1,4 +1,4 @@
-"""The multi-modal model: Everything-at-Once fusion transformer(s) with anchor heads (SPEC §1–§2).
+"""The multi-modal model: Everything-at-Once fusion transformer(s) with anchor heads (the paper's Sec. 3, docs/architecture.md).
 
 Pipeline for each modality m present in ``ModelConfig.modalities``::
 
@@ -17,7 +17,7 @@ sequences of each pair (a, b) of the model's modalities (every pair, in modality
 token both are the CLS output). ``variant = "per_modality"`` is the paper's released model
 (``TransformerPerModalityModel2``): one transformer per modality, no pairs.
 
-Anchor scores (SPEC §2): ``input_anchor_scores[m] = u_m · n(Z_m)ᵀ`` and
+Anchor scores (docs/losses.md): ``input_anchor_scores[m] = u_m · n(Z_m)ᵀ`` and
 ``joint_anchor_scores[m][n] = n(x̂_n) · n(Ẑ_m)ᵀ`` for every joint embedding n (pairs included).
 The output dict is documented in docs/architecture.md ("Model output dict").
 """
@@ -25,7 +25,7 @@ The output dict is documented in docs/architecture.md ("Model output dict").
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Dict, List, Mapping, NamedTuple, Tuple, Union
+from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,6 @@ from multisk.errors import DataFormatError
 from multisk.models.anchors import AnchorHeads
 from multisk.models.davenet import DAVEnet, build_audio_encoder
 from multisk.models.fusion import FusionTransformer
-from multisk.models.prior import TextSpacePrior, combine_with_prior
 from multisk.models.layers import LAYER_NORM_EPS, AutocastLayerNorm, GatedEmbeddingUnit, masked_mean
 from multisk.modalities import MODALITIES, feature_dim, input_space_dims, modality_table
 
@@ -139,13 +138,6 @@ class MultiModalModel(nn.Module):
             if cfg.input_residual
             else None
         )
-        # frozen closed-form embeddings in the text encoder's space, fitted before training (buffers only)
-        self.prior = (
-            TextSpacePrior(table, {m: feature_dim(cfg, m, table) for m in self.modalities}, cfg.prior.concept_classes)
-            if cfg.prior.enabled
-            else None
-        )
-        self.prior_train_weight = float(cfg.prior.train_weight) if cfg.prior.enabled else 0.0
         if cfg.num_anchors < 0:
             raise ConfigError(f"model.num_anchors: must be >= 0, got {cfg.num_anchors}")
         # num_anchors = 0 builds no anchor sets (a contrastive-only model has no unused parameters,
@@ -325,10 +317,19 @@ class MultiModalModel(nn.Module):
             joint[f"{a}_{b}"] = (_normalize(embed_a) + _normalize(embed_b)) / 2
         return joint
 
-    def forward(self, batch: Mapping[str, Tensor]) -> Dict[str, Dict]:
+    def forward(self, batch: Mapping[str, Tensor], input_embedding: Optional[Mapping[str, Tensor]] = None) -> Dict[str, Dict]:
+        """The output dict of docs/architecture.md for ``batch``.
+
+        ``input_embedding``: ``{m: (B, d)}`` the input-space embeddings u_m, required with
+        ``model.input_space: frozen`` (a frozen space of the pre-trained features that the caller computes,
+        docs/architecture.md "Options that are not in the paper"); None: the learned ones,
+        ``n(masked mean of the projected tokens)`` (the paper).
+        """
         tokens = self.embed_tokens(batch)
-        if self.input_space == "frozen":  # the pre-trained features' own space (buffers of the fitted prior)
-            input_embedding = self.prior.input_space(batch)
+        if self.input_space == "frozen":
+            if input_embedding is None:
+                raise ValueError("model.input_space: 'frozen' reads the frozen input space from the caller: "
+                                 "forward(batch, input_embedding={modality: (B, d)})")
         else:
             input_embedding = {m: _normalize(masked_mean(tokens[m].tokens, tokens[m].mask)) for m in self.modalities}
         joint = self.joint_embeddings(tokens)
@@ -343,27 +344,13 @@ class MultiModalModel(nn.Module):
         # in training only SSPC reads the anchor scores: without it (train_anchor_scores=False) they are
         # not computed and the two score dicts are empty, as for a model without anchors
         scored = self.anchors.modalities if self.train_anchor_scores or not self.training else ()
-        anchor_inputs = joint_normalized
-        extra: Dict[str, Dict] = {}
-        if self.prior is not None:
-            extra["prior"] = self.prior(batch)
-            if self.training and self.prior_train_weight > 0:
-                # the contrastive loss scores [√(1-w_t) x̂ ; √w_t p]: the learned part learns what the
-                # prior gets wrong (model.prior.train_weight); SSPC and the anchors read x̂ only
-                extra["contrastive_embeddings"] = combine_with_prior(joint_normalized, extra["prior"],
-                                                                     self.prior_train_weight)
-            if not self.training:
-                # evaluation returns the retrieval embeddings [√(1-w) x̂ ; √w p] (multisk.models.prior);
-                # the losses (training mode) and the anchor scores read the learned ones only
-                joint_normalized = combine_with_prior(joint_normalized, extra["prior"], self.prior.mix_weight)
         return {
-            **extra,
             "joint": joint,
             "joint_normalized": joint_normalized,
             "input_embedding": input_embedding,
             "input_anchor_scores": {m: self.anchors.input_scores(m, input_embedding[m]) for m in scored},
             "joint_anchor_scores": {
-                m: {n: self.anchors.joint_scores(m, anchor_inputs[n]) for n in self.joint_names}
+                m: {n: self.anchors.joint_scores(m, joint_normalized[n]) for n in self.joint_names}
                 for m in scored
             },
             "nonempty": {m: tokens[m].nonempty for m in self.modalities},

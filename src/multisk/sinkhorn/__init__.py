@@ -1,4 +1,4 @@
-"""multisk.sinkhorn — Sinkhorn-Knopp solvers that produce the SSPC targets (SPEC §4).
+"""multisk.sinkhorn — Sinkhorn-Knopp solvers that produce the SSPC targets (docs/sinkhorn.md).
 
 - :func:`multi_sinkhorn`: Multi-Assignment Sinkhorn-Knopp, exact two-level form, batched, log domain.
 - :func:`multi_sinkhorn_two_level`: the same, returning the un-normalised two-level tensor.

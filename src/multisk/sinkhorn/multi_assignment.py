@@ -1,4 +1,4 @@
-"""Multi-Assignment Sinkhorn-Knopp (Multi-SK), SPEC §4.
+"""Multi-Assignment Sinkhorn-Knopp (Multi-SK), docs/sinkhorn.md.
 
 Swetha et al., "Preserving Modality Structure Improves Multi-Modal Learning", ICCV 2023 (arXiv 2308.13077).
 
@@ -45,17 +45,17 @@ from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import torch
 
-from multisk.sinkhorn.classic import (
-    _all_reduce,
-    _as_problems,
-    _check_eps_iters,
-    _check_scores,
-    _compute_dtype,
-    _is_integer,
-    _is_real,
-    _logsumexp_over_rows,
+from multisk.precision import exact_float32
+from multisk.sinkhorn._log_domain import (
+    all_reduce,
+    as_problems,
+    check_eps_iters,
+    check_scores,
+    compute_dtype,
+    is_integer,
+    is_real,
+    logsumexp_over_rows,
 )
-from multisk.sinkhorn.precision import exact_float32
 
 __all__ = ["TwoLevelPlan", "multi_sinkhorn", "multi_sinkhorn_reference", "multi_sinkhorn_two_level"]
 
@@ -76,12 +76,12 @@ class TwoLevelPlan(NamedTuple):
 
 
 def _check_multi_args(scores, n_assign, eps, n_iters, low_scale, check_finite: bool = True) -> int:
-    _check_scores(scores, check_finite)
-    _check_eps_iters(eps, n_iters)
+    check_scores(scores, check_finite)
+    check_eps_iters(eps, n_iters)
     n_anchors = scores.shape[-1]
-    if not _is_integer(n_assign) or not 1 <= n_assign <= n_anchors:
+    if not is_integer(n_assign) or not 1 <= n_assign <= n_anchors:
         raise ValueError(f"n_assign: expected an integer in [1, K={n_anchors}], got {n_assign!r}")
-    if not _is_real(low_scale) or not math.isfinite(low_scale) or not 0 <= low_scale <= 1:
+    if not is_real(low_scale) or not math.isfinite(low_scale) or not 0 <= low_scale <= 1:
         raise ValueError(f"low_scale: expected a number in [0, 1], got {low_scale!r}")
     return n_anchors
 
@@ -102,8 +102,8 @@ def _solve_two_level(problems: torch.Tensor, n_assign: int, eps: float, n_iters:
     log_level_ratio = math.log(n_assign / n_low)  # log(r/m)
 
     # Iteration 1, steps 1-2: x = (1 − c) S/ε + log(r/m) + logsumexp_n(c S/ε) − logsumexp_n(S/ε).
-    log_col_high = _logsumexp_over_rows(problems / eps, process_group)
-    log_col_low = _logsumexp_over_rows(problems * (low_scale / eps), process_group)
+    log_col_high = logsumexp_over_rows(problems / eps, process_group)
+    log_col_low = logsumexp_over_rows(problems * (low_scale / eps), process_group)
     # x[b, n, k] = x_cols[b, n, k] + row_potential[b, n]: the row part stays a (B, N) vector, the
     # column updates are applied to x_cols in place.
     x_cols = problems * ((1.0 - low_scale) / eps)
@@ -219,7 +219,7 @@ def _log_domain_iterations(x_cols: torch.Tensor, row_potential: torch.Tensor, le
         if process_group is not None:
             import torch.distributed as dist
 
-            _all_reduce(col_sums, dist.ReduceOp.SUM, process_group)
+            all_reduce(col_sums, dist.ReduceOp.SUM, process_group)
         log_col_sums = col_sums.clamp_(min=tiny).log_()
         log_row_sums = row_sums.log()
         # Step 2 (levels), as an update of the log-odds.
@@ -263,7 +263,7 @@ def _multi_sk(scores, n_assign, eps, n_iters, low_scale, process_group, check_fi
     _check_multi_args(scores, n_assign, eps, n_iters, low_scale, check_finite)
     n_assign, n_iters, eps, low_scale = int(n_assign), int(n_iters), float(eps), float(low_scale)
     with exact_float32(scores.device):
-        problems, _ = _as_problems(scores, _compute_dtype(scores))
+        problems, _ = as_problems(scores, compute_dtype(scores))
         if n_assign == scores.shape[-1]:
             return tuple(result.reshape(scores.shape) for result in all_high(problems, n_assign))
         buffers = tuple(torch.empty_like(problems) for _ in range(outputs))
@@ -322,7 +322,7 @@ def multi_sinkhorn(
     process_group=None,
     check_finite: bool = True,
 ) -> torch.Tensor:
-    """Multi-Assignment Sinkhorn-Knopp targets (SPEC §4): each sample is spread over ≥ r anchors.
+    """Multi-Assignment Sinkhorn-Knopp targets (docs/sinkhorn.md): each sample is spread over ≥ r anchors.
 
     With levels μ = 1..K of scale c_μ = ``low_scale`` (first K − r) and 1 (last r), starting from
     ``A[μ, n, k] ∝ exp(c_μ S[n, k] / ε)``, repeats ``n_iters`` times: Σ_n A[μ,n,k] = N/K (per level and
@@ -383,17 +383,17 @@ def multi_sinkhorn_reference(
     n_iters: int = 20,
     low_scale: float = 0.25,
 ) -> torch.Tensor:
-    """SLOW REFERENCE — the literal SPEC §4 formulation on the full K × N × K tensor, one problem at a time.
+    """SLOW REFERENCE — the literal docs/sinkhorn.md formulation on the full K × N × K tensor, one problem at a time.
 
     For tests and the benchmark baseline only: memory K·N·K per problem, exp domain (overflows for small
     ε), leading dims solved in a Python loop as the authors' code does.  Computes in float64 for
     float64 scores, float32 otherwise, and returns that dtype (shape (..., N, K)).  No 1e-5 is added
-    to the denominators (the authors' code does; SPEC §4 states it changes results by < 1e-4).
+    to the denominators (the authors' code does; docs/sinkhorn.md states it changes results by < 1e-4).
     Degenerate rows follow the same rule as :func:`multi_sinkhorn` (P clamped to [0, 1]).
     """
     _check_multi_args(scores, n_assign, eps, n_iters, low_scale)
     n_assign, n_iters, eps, low_scale = int(n_assign), int(n_iters), float(eps), float(low_scale)
-    dtype = _compute_dtype(scores)
+    dtype = compute_dtype(scores)
     n_rows, n_anchors = scores.shape[-2:]
     flat = scores.reshape(-1, n_rows, n_anchors).to(dtype)
     level_scale = torch.tensor([low_scale] * (n_anchors - n_assign) + [1.0] * n_assign,

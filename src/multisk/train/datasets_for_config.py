@@ -7,9 +7,9 @@ from typing import Callable, Dict
 from torch.utils.data import Dataset
 
 from multisk.config import Config, ConfigError
-from multisk.data.dataset import FeatureStoreDataset, batch_nbytes, collate_batch, loader_shared_memory_bytes
-from multisk.data.howto100m import HowTo100MDataset
-from multisk.data.store_for_config import feature_dims, store_dataset, token_budgets
+from multisk.data.store.dataset import FeatureStoreDataset, batch_nbytes, collate_batch, loader_shared_memory_bytes
+from multisk.data.formats.howto100m import HowTo100MDataset
+from multisk.data.store.store_for_config import feature_dims, store_dataset, token_budgets
 from multisk.evaluate.inputs import eval_store_dataset
 
 
@@ -47,8 +47,8 @@ def estimate_loader_memory(cfg: Config, world_size: int = 1, ranks_per_node: int
     ``train.batch_size`` is the global batch (videos for HowTo100M, items for a store); each of
     ``world_size`` ranks collates ``batch_size / world_size`` of it (x ``clips_per_video`` for HowTo100M)
     at the fixed padded lengths. Returns ``batch_items`` (per rank), ``batch_bytes`` (one rank's batch,
-    :func:`multisk.data.dataset.batch_nbytes`), ``per_rank_bytes`` and ``node_bytes``
-    (:func:`multisk.data.dataset.loader_shared_memory_bytes` with 1 and ``ranks_per_node`` ranks;
+    :func:`multisk.data.store.dataset.batch_nbytes`), ``per_rank_bytes`` and ``node_bytes``
+    (:func:`multisk.data.store.dataset.loader_shared_memory_bytes` with 1 and ``ranks_per_node`` ranks;
     default: every rank on one node).
     """
     d = cfg.data

@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from multisk.config import TrainConfig
-from multisk.sinkhorn.precision import AUTOCAST_DTYPES, autocast_context  # re-exported: part of the step API
+from multisk.precision import AUTOCAST_DTYPES, autocast_context  # re-exported: part of the step API
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The training application: ``multisk train --config FILE [key=value ...] [--resume latest]``.
+"""The training application: ``multisk train --config FILE [key=value ...] [--resume auto|latest|PATH]``.
 
 One process by default; under ``torchrun`` ``train.batch_size`` is still the GLOBAL batch: each of the
 W processes takes ``batch_size / W`` items of every global batch (:mod:`multisk.train.sampling`), the
@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -30,19 +31,19 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from multisk.checkpoint import (
+    CheckpointWriter,
     capture_rng_state,
     load_checkpoint,
     resolve_checkpoint,
     restore_rng_state,
-    save_checkpoint,
 )
 from multisk.config import Config, ConfigError, config_to_dict, config_to_yaml
 from multisk.evaluate.pipeline import evaluate_model
 from multisk.losses import TrainingObjective
-from multisk.models import build_model
-from multisk.sinkhorn.precision import configure_model_math
+from multisk.precision import configure_model_math
 from multisk.evaluate.inputs import eval_store_dataset
-from multisk.train.prior_fit import choose_prior_weight, fit_text_space_prior
+from multisk.prior import build_model_with_prior, prior_of, training_mix
+from multisk.prior.fit import choose_prior_weight, fit_text_space_prior
 from multisk.train.datasets_for_config import build_eval_datasets, build_train_dataset, collate_fn_for, loader_options
 from multisk.train.process_group import (
     DistributedContext,
@@ -50,6 +51,7 @@ from multisk.train.process_group import (
     gather_objects,
     host_barrier,
     init_distributed,
+    watch_collectives,
 )
 from multisk.train.sampling import ResumableBatchSampler
 from multisk.train.step import (
@@ -143,18 +145,31 @@ class Run:
     resumed_from: Optional[Path] = None
     saved_at_step: int = -1  # decided from values every rank shares, never from files (multi-node safe)
     rate_origin: Dict[str, float] = field(default_factory=dict)
+    writer: CheckpointWriter = field(default_factory=CheckpointWriter)
 
 
 def train(cfg: Config, *, resume: Optional[str] = None, progress: bool = True,
           make_plots: bool = True) -> Dict[str, Any]:
     """Train (and finally evaluate) according to ``cfg``; returns the final results dict (rank 0)."""
-    ctx = init_distributed(cfg.train.device, cfg.train.barrier_timeout_s)
+    ctx = init_distributed(cfg.train.device, cfg.train.barrier_timeout_s, cfg.train.collective_timeout_s)
+    run = None
     try:
-        run = _build_run(cfg, ctx, resume)
+        run = _build_run(cfg, ctx, resolve_resume(resume))
         _run_epochs(run, progress)
+        run.writer.wait()  # the last checkpoint is on disk before evaluation and return
         return _finish(run, make_plots)
     finally:
+        if run is not None:
+            run.writer.join()  # a failing run still finishes the checkpoint it is writing
         cleanup_distributed()
+
+
+def resolve_resume(resume: Optional[str]) -> Optional[str]:
+    """``--resume auto`` (the CLI's default): ``latest`` when torchrun restarted this process after a failure
+    (``TORCHELASTIC_RESTART_COUNT`` > 0), a fresh start otherwise; any other value is returned as given."""
+    if resume != "auto":
+        return resume
+    return "latest" if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0 else None
 
 
 # ------------------------------------------------------------------------------------ building a run
@@ -167,13 +182,15 @@ def _build_run(cfg: Config, ctx: DistributedContext, resume: Optional[str]) -> R
     if device.type == "cuda":  # cudnn.benchmark; TF32 for the model only in fp32 runs (never the losses)
         configure_model_math(cfg.train.precision)
     # the full config: with SSPC off the model skips the anchor scores in training and freezes the anchors
-    # (no gradient would reach them, which DDP rejects at the second step)
-    model = build_model(cfg).to(device)
+    # (no gradient would reach them, which DDP rejects at the second step); with model.prior, the paper's
+    # model wrapped with its text-space prior (multisk.prior)
+    model = build_model_with_prior(cfg).to(device)
     if cfg.train.sync_batchnorm and ctx.enabled:
         if device.type != "cuda":
             raise ConfigError("train.sync_batchnorm: SyncBatchNorm needs CUDA devices; set it to false on CPU")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    objective = TrainingObjective(cfg.loss, cfg.model, model.joint_names).to(device)
+    objective = TrainingObjective(cfg.loss, cfg.model, model.joint_names, process_group=ctx.loss_group,
+                                  contrastive_embeddings=training_mix(cfg.model)).to(device)
     optimizer = build_optimizer(cfg.train, model)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.train.lr_gamma)
     scaler = make_grad_scaler(device, cfg.train.precision)
@@ -186,7 +203,8 @@ def _build_run(cfg: Config, ctx: DistributedContext, resume: Optional[str]) -> R
         _load_initial_weights(cfg, model)
     val_set = eval_store_dataset(cfg, cfg.data.root, cfg.data.val_split) if cfg.data.val_split else None
     prior_report: Dict[str, Any] = {}
-    if model.prior is not None and not bool(model.prior.fitted):
+    prior = prior_of(model)
+    if prior is not None and not bool(prior.fitted):
         # closed form on the training split, identically on every rank (no collective needed)
         prior_report = fit_text_space_prior(model, cfg, dataset, val_set)
     # the EMA lives on rank 0 only: it is read only by rank 0's checkpoints and evaluations
@@ -197,9 +215,12 @@ def _build_run(cfg: Config, ctx: DistributedContext, resume: Optional[str]) -> R
             ema.load_state_dict(ema_state)
     forward_module: torch.nn.Module = model
     if ctx.enabled:
+        # model.audio_skip_empty: a rank whose share of the batch has no sound skips the audio encoder, so
+        # its parameters get no gradient there; DDP must then look for unused parameters every step (they
+        # count as zero in the all-reduce, and stay None only when no rank used them, as in one process)
         forward_module = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True,
-            **_no_forward_buffer_sync())
+            find_unused_parameters=bool(cfg.model.audio_skip_empty), **_no_forward_buffer_sync())
     step = make_train_step(model, objective, optimizer, scaler, cfg.train.precision, forward_module=forward_module,
                            grad_clip=cfg.train.grad_clip, on_nonfinite=cfg.train.on_nonfinite, ema=ema)
     sampler = ResumableBatchSampler(len(dataset), cfg.train.batch_size, seed=cfg.train.seed,
@@ -212,7 +233,8 @@ def _build_run(cfg: Config, ctx: DistributedContext, resume: Optional[str]) -> R
               batches_per_epoch=sampler.batches_per_epoch, total_steps=total_steps,
               eval_sets=build_eval_datasets(cfg) if ctx.is_main else {},
               watch=NonFiniteWatch(device, history=cfg.train.nonfinite_check_every), resumed_from=ckpt_path,
-              val_set=val_set if ctx.is_main else None, prior_report=prior_report)
+              val_set=val_set if ctx.is_main else None, prior_report=prior_report,
+              writer=CheckpointWriter(background=cfg.train.async_checkpoint))
     _open_outputs(run, per_rank)
     return run
 
@@ -291,6 +313,11 @@ def _open_outputs(run: Run, per_rank: int) -> None:
     if ctx.is_main:
         run.out.mkdir(parents=True, exist_ok=True)
         (run.out / "config.yaml").write_text(config_to_yaml(run.cfg), encoding="utf-8")
+        stale = run.out / "checkpoints" / "latest.pt"
+        if run.resumed_from is None and stale.exists():
+            # a fresh run: latest.pt must never name an earlier run's checkpoint, or a restart of this run
+            # before its first checkpoint (--resume auto) would continue that one. Only the link goes.
+            stale.unlink()
     run.log = MetricsLog(run.out, ctx.is_main, state.global_step if run.resumed_from is not None else None)
     run.log.write({"step": state.global_step, "world_size": ctx.world_size,
                    "global_batch_size": run.cfg.train.batch_size, "per_rank_batch_size": per_rank})
@@ -309,26 +336,35 @@ def _run_epochs(run: Run, progress: bool) -> None:
     done = state.global_step >= run.total_steps
     while not done and state.epoch < cfg.train.epochs:
         for batch in DevicePrefetcher(_epoch_loader(run), run.ctx.device):
-            out = run.step(batch)
-            if not out.applied:
-                _note_skipped(run, out, batch)
-                continue
-            state.global_step += 1
-            state.batch_in_epoch += 1
-            run.watch.record(state.global_step, out.losses, state.epoch, state.batch_in_epoch - 1, batch.get("id", []))
-            bar.update(1)
-            _after_step(run, out, bar)
-            if state.global_step >= run.total_steps:
-                done = True
+            with watch_collectives(run.ctx, f"training step {state.global_step + 1}"):
+                done = _train_on(run, batch, bar)
+            if done:
                 break
         if state.batch_in_epoch >= run.batches_per_epoch:
             run.scheduler.step()
             state.epoch += 1
             state.batch_in_epoch = 0
-            _save(run, f"epoch_{state.epoch}.pt")
+            with watch_collectives(run.ctx, f"checkpoint epoch_{state.epoch}.pt"):
+                _save(run, f"epoch_{state.epoch}.pt")
     bar.close()
     if run.saved_at_step != state.global_step:  # ended off an epoch boundary (or resumed with nothing to do)
-        _save(run, f"step_{state.global_step}.pt")
+        with watch_collectives(run.ctx, f"final checkpoint step_{state.global_step}.pt"):
+            _save(run, f"step_{state.global_step}.pt")
+
+
+def _train_on(run: Run, batch: Dict[str, Any], bar: tqdm) -> bool:
+    """One step on ``batch`` and what follows it (logging, checkpoints, evaluation); True when the run is done."""
+    state = run.state
+    out = run.step(batch)
+    if not out.applied:
+        _note_skipped(run, out, batch)
+        return False
+    state.global_step += 1
+    state.batch_in_epoch += 1
+    run.watch.record(state.global_step, out.losses, state.epoch, state.batch_in_epoch - 1, batch.get("id", []))
+    bar.update(1)
+    _after_step(run, out, bar)
+    return state.global_step >= run.total_steps
 
 
 def _epoch_loader(run: Run) -> DataLoader:
@@ -338,7 +374,11 @@ def _epoch_loader(run: Run) -> DataLoader:
         run.dataset.set_epoch(state.epoch)
     sampler = ResumableBatchSampler(len(run.dataset), cfg.train.batch_size, seed=cfg.train.seed, epoch=state.epoch,
                                     start_batch=state.batch_in_epoch, rank=ctx.rank, world_size=ctx.world_size)
-    return DataLoader(run.dataset, batch_sampler=sampler, collate_fn=collate_fn_for(run.dataset),
+    # the loader draws its workers' base seed from this generator, not from the global torch RNG: a run
+    # resumed mid-epoch creates one loader more than an uninterrupted run, and must not draw once more
+    # from the stream dropout uses (nor give its workers other seeds)
+    seeds = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + state.epoch)
+    return DataLoader(run.dataset, batch_sampler=sampler, collate_fn=collate_fn_for(run.dataset), generator=seeds,
                       **loader_options(cfg, ctx.device.type))
 
 
@@ -389,7 +429,7 @@ def _save(run: Run, name: str) -> None:
     _choose_prior_weight(run)
     rng = gather_objects(ctx, capture_rng_state())
     if ctx.is_main:
-        save_checkpoint({
+        run.writer.save({
             "model": run.model.state_dict(),
             "objective": run.objective.state_dict(),
             "ema": run.ema.state_dict() if run.ema is not None else None,
@@ -404,7 +444,7 @@ def _save(run: Run, name: str) -> None:
             "world_size": ctx.world_size,
             "global_batch_size": run.cfg.train.batch_size,
             "config": config_to_dict(run.cfg),
-        }, run.out / "checkpoints" / name)
+        }, run.out / "checkpoints" / name, keep_steps=run.cfg.train.keep_step_checkpoints)
     host_barrier(ctx, f"rank 0 writing checkpoint {name}")
     run.saved_at_step = state.global_step
 
@@ -412,7 +452,7 @@ def _save(run: Run, name: str) -> None:
 def _choose_prior_weight(run: Run) -> None:
     """Rank 0: the prior's retrieval weight w for the current weights, on data.val_split, before every
     checkpoint (so each checkpoint carries the w chosen for it). Only rank 0 evaluates and saves."""
-    prior = run.model.prior
+    prior = prior_of(run.model)
     if prior is None or run.cfg.model.prior.weight is not None or not run.ctx.is_main:
         return
     choice = choose_prior_weight(run.model, run.val_set, device=run.ctx.device, batch_size=EVAL_BATCH_SIZE)
@@ -435,8 +475,9 @@ def _evaluate(run: Run, keep_embeddings: bool = False) -> Dict[str, Any]:
 
 def _finish(run: Run, make_plots: bool) -> Dict[str, Any]:
     results: Dict[str, Any] = {"steps": run.state.global_step, "skipped_batches": run.state.skipped_batches}
-    if run.model.prior is not None:
-        results["prior"] = {"weight": round(float(run.model.prior.mix_weight), 6), **run.prior_report}  # a float32 buffer
+    prior = prior_of(run.model)
+    if prior is not None:
+        results["prior"] = {"weight": round(float(prior.mix_weight), 6), **run.prior_report}  # a float32 buffer
     if run.cfg.data.eval_splits:
         evaluation = _evaluate(run, keep_embeddings=True)
         if run.ctx.is_main:
@@ -464,4 +505,4 @@ def _flatten_eval(evaluation: Dict[str, Any]) -> Dict[str, float]:
     return flat
 
 
-__all__ = ["NonFiniteLossError", "Run", "train"]
+__all__ = ["NonFiniteLossError", "Run", "resolve_resume", "train"]
