@@ -30,12 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from multisk.evaluate.directions import evaluate_directions
+from multisk.data.store.evaluation_batches import EVAL_MODEL_BATCH, caption_groups, evaluation_collate, fixed_size_batches
 from multisk.evaluate.inputs import eval_store_dataset
 from multisk.evaluate.loading import load_model
-from multisk.evaluate.pipeline import EVAL_MODEL_BATCH, caption_groups, evaluation_collate, fixed_size_batches
-from multisk.models.prior import combine_with_prior
-from multisk.train.prior_fit import PRIOR_WEIGHTS
+from multisk.metrics.directions import evaluate_directions
+from multisk.prior.fit import PRIOR_WEIGHTS
+from multisk.prior.maps import combine_with_prior
 
 
 def rsum(m: Mapping[str, float]) -> float:

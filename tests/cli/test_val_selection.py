@@ -2,13 +2,11 @@
 
 import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 
+from repo_paths import REPO
 from synthetic_store import tiny_overrides, write_synthetic_store
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _script():
