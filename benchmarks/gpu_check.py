@@ -26,6 +26,7 @@ comes.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -314,7 +315,8 @@ def stage_trainer(ctx: Dict[str, Any]) -> Dict[str, Any]:
     return result
 
 
-def _two_rank_losses(rank: int, world: int, cfg, device: torch.device, steps: int) -> List[Dict[str, float]]:
+def _two_rank_losses(rank: int, world: int, cfg, device: torch.device, steps: int,
+                     loss_group=None) -> List[Dict[str, float]]:
     """Losses of ``steps`` steps on the fixed global batch: this rank's half under DDP (world 2) or all
     of it (world 1). Values averaged over ranks equal the single-process values (docs/losses.md)."""
     import torch.distributed as dist
@@ -331,7 +333,8 @@ def _two_rank_losses(rank: int, world: int, cfg, device: torch.device, steps: in
     model.audio_encoder.eval()
     if not cfg.loss.sspc.enabled:
         model.anchors.requires_grad_(False)
-    objective = TrainingObjective(cfg.loss, cfg.model, model.joint_names).to(device)
+    # the losses' gathers on their own group, as the trainer does: never interleaved with DDP's buckets
+    objective = TrainingObjective(cfg.loss, cfg.model, model.joint_names, process_group=loss_group).to(device)
     optimizer = build_optimizer(cfg.train, model)
     forward_module = model
     if world > 1:
@@ -365,13 +368,20 @@ def _two_rank_worker(rank: int, world: int, port: int, device_spec: str, overrid
         device = torch.device(device_spec)
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        loss_group = dist.new_group(backend="gloo")
         histories = {}
         for sspc in (True, False):
             cfg = load_config(PAPER_CONFIG, overrides + [f"loss.sspc.enabled={str(sspc).lower()}"])
-            histories["sspc_on" if sspc else "sspc_off"] = _two_rank_losses(rank, world, cfg, device, steps=3)
+            histories["sspc_on" if sspc else "sspc_off"] = _two_rank_losses(rank, world, cfg, device, steps=3,
+                                                                             loss_group=loss_group)
         if rank == 0:
             Path(out).write_text(json.dumps(histories))
+        dist.barrier()
     finally:
+        # free the DDP wrappers (and their reducers' hooks on the group) before the group goes: a reducer
+        # collected after destroy_process_group aborted the process now and then (SIGABRT, "terminate
+        # called without an active exception")
+        gc.collect()
         dist.destroy_process_group()
 
 
