@@ -52,8 +52,10 @@ def fixed_size_batches(batches: Iterable[Dict[str, Any]], size: int) -> Iterator
 
     def take(n: int) -> Dict[str, Any]:
         nonlocal pending, count
-        merged = {k: (torch.cat([b[k] for b in pending]) if torch.is_tensor(pending[0][k])
-                      else [x for b in pending for x in b[k]]) for k in pending[0]}
+        # one pending batch (the common case: a loader batch of >= size items) is sliced, not copied
+        merged = pending[0] if len(pending) == 1 else {
+            k: (torch.cat([b[k] for b in pending]) if torch.is_tensor(pending[0][k])
+                else [x for b in pending for x in b[k]]) for k in pending[0]}
         head = {k: v[:n] for k, v in merged.items()}
         rest = {k: v[n:] for k, v in merged.items()}
         count -= n
